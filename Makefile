@@ -1,0 +1,43 @@
+# stableserve: two commands on a fresh clone.
+#   make run   - create .venv, install, generate an image offline on a demo engine
+#   make test  - create .venv with dev extras, run the whole suite
+#
+# torch: the CPU build 2.13.0 lies on these machines' disk (pip finds it); set TORCH_SPEC
+# (and PIP_EXTRA_INDEX_URL for a CUDA index) on a GPU machine, e.g. TORCH_SPEC='torch>=2.4'.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+SPANDREL_SPEC ?= spandrel==0.4.2
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint bench clean install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	# spandrel declares torchvision, whose PyPI wheels need PyPI's CUDA torch: install it alone.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps "$(SPANDREL_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	rm -f $(VENV)/.installed-*; touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/stableserve generate "A lighthouse on a cliff at sunset" --engine stable-diffusion-v1-5 \
+		--seed 42 --steps 20 -o out/lighthouse.png
+	@echo "Image written to $(CURDIR)/out/lighthouse.png"
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/runner_overhead.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,204 @@
+"""Engine-aware validation and defaults: turns a ``GenerationRequest`` into a resolved one.
+
+``resolve(request, engine)`` checks what only the engine knows (task, sizes per family,
+sampler support, images and masks) and fills every default (size, steps, sampler, random
+seed), so the worker, pricing and the job record all see concrete values. Error codes are
+the Stability v1 names (CONTRACT.md §2.6); adapters map them to their wire bodies.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from stableserve.core.engines import DimensionRule, EngineSpec, Family
+from stableserve.core.images import decode_image, has_alpha
+from stableserve.core.presets import STYLE_PRESETS
+from stableserve.core.types import SEED_MAX, GenerationRequest, MaskSource, Task
+from stableserve.errors import InvalidRequest
+
+DEFAULT_SCHEDULE_START = {Task.IMAGE_TO_IMAGE: 0.65, Task.MASKING: 1.0}
+"""``step_schedule_start`` defaults: v1 ``image_strength`` 0.35 for image-to-image; masking repaints fully."""
+
+UPSCALE_MAX_INTERMEDIATE_PIXELS = 16_777_216
+"""Upscalers run at their native factor first; that intermediate image is capped at 16 MP."""
+
+
+def check_dimensions(rule: DimensionRule, width: int, height: int, *, what: str = "height and width") -> None:
+    """Raise ``InvalidRequest`` unless (width, height) in pixels satisfies ``rule``.
+
+    Codes: ``invalid_height_or_width`` (not a multiple / side too small), the rule's ``error``
+    (``invalid_pixel_count``, ``invalid_sdxl_v1_dimensions``, ``invalid_sdxl_v222_dimensions``).
+    """
+    if rule.kind == "any":
+        return
+    if rule.kind == "fixed":
+        if (width, height) not in rule.sizes:
+            allowed = ", ".join(f"{w}x{h}" for w, h in rule.sizes)
+            raise InvalidRequest(
+                f"{what}: {width}x{height} is not allowed for this engine; allowed (width x height): {allowed}",
+                code=rule.error,
+                param="width",
+            )
+        return
+    if width % rule.multiple or height % rule.multiple:
+        raise InvalidRequest(
+            f"{what}: {width}x{height}; height and width must be multiples of {rule.multiple}",
+            code="invalid_height_or_width",
+            param="width" if width % rule.multiple else "height",
+        )
+    if width < rule.min_side or height < rule.min_side:
+        raise InvalidRequest(
+            f"{what}: {width}x{height}; height and width must be at least {rule.min_side}",
+            code="invalid_height_or_width" if rule.kind == "pixel_range" else rule.error,
+            param="width" if width < rule.min_side else "height",
+        )
+    if rule.kind == "sdxl_beta":
+        max_side = rule.max_side or 896
+        if (width > 512 and height > 512) or width > max_side or height > max_side:
+            raise InvalidRequest(
+                f"{what}: {width}x{height}; sides must be >= {rule.min_side}, only one side may exceed 512 "
+                f"and none may exceed {max_side}",
+                code=rule.error,
+                param="width",
+            )
+        return
+    pixels = width * height
+    lo, hi = rule.min_pixels or 0, rule.max_pixels or pixels
+    if not lo <= pixels <= hi:
+        raise InvalidRequest(
+            f"{what}: {width}x{height} = {pixels} pixels; must be between {lo} and {hi}",
+            code="invalid_pixel_count",
+            param="width",
+        )
+
+
+def _check_prompts(request: GenerationRequest, engine: EngineSpec) -> None:
+    needs_prompt = not (request.task == Task.UPSCALE)
+    for p in request.prompts:
+        if not p.text.strip():
+            raise InvalidRequest("text_prompts: prompts may not be blank", code="invalid_prompts", param="prompts")
+        if p.weight == 0:
+            raise InvalidRequest("text_prompts: a weight of 0 has no effect", code="invalid_prompts", param="prompts")
+    if needs_prompt and not request.positive_prompts:
+        raise InvalidRequest(
+            "text_prompts: at least one prompt with a positive weight is required",
+            code="invalid_prompts",
+            param="prompts",
+        )
+
+
+def _resolve_masking(request: GenerationRequest, init_size: tuple[int, int], init_alpha: bool) -> None:
+    source = request.mask_source
+    if source is None:
+        raise InvalidRequest("mask_source: is required", code="bad_request", param="mask_source")
+    if source == MaskSource.INIT_IMAGE_ALPHA:
+        if not init_alpha:
+            raise InvalidRequest(
+                "init_image: mask_source INIT_IMAGE_ALPHA needs an init_image with an alpha channel",
+                code="invalid_mask_image",
+                param="init_image",
+            )
+        return
+    if request.mask_image is None:
+        raise InvalidRequest(
+            f"mask_image: is required when mask_source is {source.value}",
+            code="invalid_mask_image",
+            param="mask_image",
+        )
+    mask = decode_image(request.mask_image.data, param="mask_image")
+    if mask.size != init_size:
+        raise InvalidRequest(
+            f"mask_image: {mask.size[0]}x{mask.size[1]} must have the same dimensions as init_image "
+            f"({init_size[0]}x{init_size[1]})",
+            code="invalid_image_dimensions",
+            param="mask_image",
+        )
+
+
+def _resolve_upscale(request: GenerationRequest, engine: EngineSpec, in_w: int, in_h: int) -> tuple[int, int]:
+    factor = engine.upscale_factor or 2
+    if request.width is not None and request.height is not None:
+        raise InvalidRequest("width, height: only one of width or height may be given", param="width")
+    if request.width is not None:
+        width, height = request.width, max(1, round(request.width * in_h / in_w))
+    elif request.height is not None:
+        width, height = max(1, round(request.height * in_w / in_h)), request.height
+    else:
+        width, height = in_w * factor, in_h * factor
+    limit = engine.max_output_pixels
+    if limit and width * height > limit:
+        raise InvalidRequest(
+            f"width, height: the output {width}x{height} = {width * height} pixels exceeds {limit}",
+            code="invalid_pixel_count",
+            param="width",
+        )
+    if in_w * in_h * factor * factor > UPSCALE_MAX_INTERMEDIATE_PIXELS:
+        raise InvalidRequest(
+            f"image: {in_w}x{in_h} is too large for a x{factor} upscaler",
+            code="invalid_pixel_count",
+            param="init_image",
+        )
+    return width, height
+
+
+def resolve(request: GenerationRequest, engine: EngineSpec) -> GenerationRequest:
+    """Validate ``request`` against ``engine`` and return it with every default filled in.
+
+    Afterwards ``width``, ``height``, ``steps``, ``sampler`` (``None`` only for ESRGAN) and a
+    non-zero-free ``seed`` (0 replaced by a random uint32) are concrete. Raises
+    ``InvalidRequest`` with a v1 error code and the offending ``param``.
+    """
+    if request.engine_id != engine.id:
+        raise ValueError("request.engine_id does not match engine")
+    if request.task not in engine.tasks:
+        tasks = ", ".join(t.value for t in engine.tasks)
+        raise InvalidRequest(
+            f"engine {engine.id} does not support {request.task.value}; it supports: {tasks}",
+            code="bad_request",
+            param="engine_id",
+        )
+    _check_prompts(request, engine)
+    if request.style_preset is not None and request.style_preset not in STYLE_PRESETS:
+        raise InvalidRequest(
+            f"style_preset: must be one of {', '.join(STYLE_PRESETS)}", code="bad_request", param="style_preset"
+        )
+
+    supported = engine.supported_samplers()
+    sampler = request.sampler or (engine.default_sampler if supported else None)
+    if request.sampler is not None and request.sampler not in supported:
+        names = ", ".join(s.value for s in supported) or "none"
+        raise InvalidRequest(
+            f"sampler: {request.sampler.value} is not supported by {engine.id}; supported: {names}",
+            code="bad_request",
+            param="sampler",
+        )
+
+    updates: dict = {
+        "steps": request.steps or engine.default_steps,
+        "sampler": sampler,
+        # A random seed is never 0 itself, so the seed reported back reproduces the image.
+        "seed": request.seed or 1 + secrets.randbelow(SEED_MAX),
+    }
+    if request.schedule_start is None and request.task in (Task.IMAGE_TO_IMAGE, Task.MASKING):
+        updates["schedule_start"] = DEFAULT_SCHEDULE_START[request.task]
+    if request.task == Task.TEXT_TO_IMAGE:
+        width = request.width or engine.default_width
+        height = request.height or engine.default_height
+        check_dimensions(engine.dimensions, width, height)
+    else:
+        if request.init_image is None:
+            name = "image" if request.task == Task.UPSCALE else "init_image"
+            raise InvalidRequest(f"{name}: is required", code="bad_request", param="init_image")
+        init = decode_image(request.init_image.data, param="init_image")
+        in_w, in_h = init.size
+        if request.task == Task.UPSCALE:
+            width, height = _resolve_upscale(request, engine, in_w, in_h)
+        else:
+            width, height = in_w, in_h
+            check_dimensions(engine.dimensions, width, height, what="init_image")
+            if request.task == Task.MASKING:
+                _resolve_masking(request, init.size, has_alpha(init))
+    if engine.family == Family.UPSCALER_ESRGAN:
+        updates["steps"] = None
+    updates.update(width=width, height=height)
+    return request.model_copy(update=updates)

@@ -1,0 +1,57 @@
+"""Domain errors raised by the core and the worker; protocol adapters map them to wire bodies.
+
+Every error carries a stable ``code`` (the Stability v1 error name where the contract has
+one, CONTRACT.md §2.6) and, for request errors, the ``param`` it concerns. Adapters choose
+the status code and body shape for their protocol; nothing here knows a wire format.
+"""
+
+from __future__ import annotations
+
+
+class StableServeError(Exception):
+    """Base class. ``code`` is a machine name, ``str(err)`` a human message."""
+
+    code = "server_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+
+
+class InvalidRequest(StableServeError):
+    """The request is malformed or out of range (HTTP 400). ``code`` e.g. ``invalid_pixel_count``."""
+
+    code = "bad_request"
+
+
+class NotFound(StableServeError):
+    """An engine, job or artifact does not exist (HTTP 404)."""
+
+    code = "not_found"
+
+
+class EngineNotReady(StableServeError):
+    """The engine exists but its weights are not available locally (HTTP 503-like)."""
+
+    code = "engine_not_ready"
+
+
+class RegistryError(StableServeError):
+    """The engine registry file is invalid; the message names the file, engine and field."""
+
+    code = "invalid_registry"
+
+
+class GenerationCancelled(StableServeError):
+    """The job was cancelled between two denoising steps."""
+
+    code = "cancelled"
+
+
+class GenerationFailed(StableServeError):
+    """The pipeline raised while generating (HTTP 500 ``server_error``); no credit is charged."""
+
+    code = "server_error"

@@ -1,0 +1,1 @@
+"""Model loading and image generation on the worker side (diffusers, spandrel)."""

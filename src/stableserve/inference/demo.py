@@ -1,0 +1,580 @@
+"""Tiny offline "demo" pipelines, one per engine family, built locally on first use.
+
+Each demo pipeline uses the REAL diffusers / transformers / spandrel classes of its family
+(``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``,
+``StableDiffusionInpaintPipeline``, ``StableDiffusionUpscalePipeline``, spandrel's RRDBNet) with
+tiny configurations and random weights drawn from fixed seeds, so the server runs end to end
+with no model download: every code path (tokenising, text encoding, classifier-free guidance,
+schedulers, VAE scale factors, upscaler noise levels) is the one real weights take, only the
+images are noise-like. Configurations follow the public model cards' ``config.json`` files
+(stable-diffusion-v1-5, stable-diffusion-2-1(-base), stable-diffusion-2-inpainting,
+stable-diffusion-xl-base-1.0, stable-diffusion-3-medium-diffusers, stable-diffusion-x4-upscaler,
+Real-ESRGAN x2plus) with every width shrunk, and the dummy components of diffusers' own tests.
+What is kept from the real models:
+
+- VAE scale factor 8 (4 VAE blocks; 3 for the x4 upscaler, factor 4), latent channels (4, or 16
+  for SD3), scaling/shift factors;
+- scheduler classes and their beta schedules, ``prediction_type`` (v-prediction for SD2-768 and
+  the x4 upscaler), flow-matching shift 3.0 for SD3;
+- UNet ``sample_size`` (hence the pipelines' default size), SDXL's micro-conditioning
+  (``text_time``), SD3's missing-T5 path, the x4 upscaler's 7-channel UNet with noise-level
+  class embeddings, the inpainting 9-channel UNet, Real-ESRGAN x2plus's pixel-unshuffle input.
+
+No CLIP vocabulary can be downloaded, so a deterministic byte-level BPE vocabulary is generated
+here (CLIP's ``bytes_to_unicode`` alphabet, each symbol also with ``</w>``, merges learned from
+a built-in list of common prompt words, then ``<|startoftext|>`` / ``<|endoftext|>`` last as
+in CLIP).
+
+Pipelines are cached under ``<home>/demo/<family>-<DEMO_VERSION>`` (``ensure_demo_pipeline``);
+bump ``DEMO_VERSION`` whenever a configuration, seed or the vocabulary changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stableserve.core.engines import Family
+
+try:  # POSIX; elsewhere ensure_demo_pipeline relies on the atomic rename alone
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+DEMO_VERSION = "1"
+"""Version of the demo configurations; part of the cache folder name (bump on any change)."""
+
+ESRGAN_WEIGHTS = "model.safetensors"
+"""File name of the ESRGAN demo weights inside its folder."""
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+MAX_TOKENS = 77
+"""CLIP context length (tokens including BOS/EOS), as in every Stable Diffusion text encoder."""
+
+# Base seed per family; component k of a family is created right after torch.manual_seed(seed + k).
+_SEEDS: dict[Family, int] = {
+    Family.SD1: 1000,
+    Family.SD2_512: 2000,
+    Family.SD2_768: 2100,
+    Family.SDXL: 3000,
+    Family.SDXL_BETA: 3100,
+    Family.SD3: 4000,
+    Family.INPAINT: 5000,
+    Family.UPSCALER_LATENT_X4: 6000,
+    Family.UPSCALER_ESRGAN: 7000,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+# Words the BPE merges are learned from: each becomes a single token (plus "</w>"); any other
+# word is split into known sub-words or single bytes, as CLIP does for rare words.
+_PROMPT_WORDS = """
+a an the of on in at by with and or to from for over under above below near inside outside
+photo photograph picture painting drawing illustration sketch render portrait landscape closeup
+lighthouse cliff sea ocean beach wave waves sky cloud clouds sun sunset sunrise moon star stars
+night day morning evening light dark shadow fog mist rain snow storm winter summer spring autumn
+mountain mountains hill forest tree trees flower flowers garden field river lake water fire ice
+city street house building castle tower bridge road car train boat ship window door room
+cat dog horse bird fish dragon robot astronaut man woman girl boy child person people face eyes
+red blue green yellow orange purple pink black white gray golden silver colorful
+beautiful detailed highly intricate sharp focus cinematic dramatic lighting epic fantasy
+realistic photorealistic hyperrealistic digital art artstation concept oil watercolor style
+trending quality best masterpiece ultra high resolution 4k 8k hdr bokeh lens wide angle
+blurry ugly deformed bad low worst extra missing text watermark signature cropped
+vibrant soft warm cold old new small large big tiny giant little happy sad cute
+""".split()
+
+
+@lru_cache(maxsize=1)
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP/GPT-2's reversible map from the 256 byte values to printable unicode characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+
+
+def _learn_merges(words: list[str], alphabet: dict[int, str]) -> list[tuple[str, str]]:
+    """Classic BPE training on ``words`` (each counted once), deterministic: the most frequent
+    adjacent pair is merged first, ties broken by the pair's lexicographic order; stops when
+    every word is one symbol."""
+    seqs = []
+    for w in sorted(set(words)):
+        chars = [alphabet[b] for b in w.encode("utf-8")]
+        chars[-1] += "</w>"
+        seqs.append(chars)
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for s in seqs:
+            pairs.update(zip(s, s[1:], strict=False))
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        joined = best[0] + best[1]
+        for i, s in enumerate(seqs):
+            out, j = [], 0
+            while j < len(s):
+                if j + 1 < len(s) and (s[j], s[j + 1]) == best:
+                    out.append(joined)
+                    j += 2
+                else:
+                    out.append(s[j])
+                    j += 1
+            seqs[i] = out
+
+
+@lru_cache(maxsize=1)
+def demo_vocabulary() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
+    """The demo CLIP vocabulary and BPE merges (deterministic, no download).
+
+    Returns ``(vocab, merges)``: ids 0..255 are the byte symbols, 256..511 the same with
+    ``</w>``, then one token per merge in merge order, then ``<|startoftext|>`` and
+    ``<|endoftext|>`` (the last id), the layout of OpenAI CLIP's ``vocab.json``.
+    """
+    alphabet = _bytes_to_unicode()
+    symbols = list(alphabet.values())
+    vocab_list = symbols + [s + "</w>" for s in symbols]
+    merges = _learn_merges(_PROMPT_WORDS, alphabet)
+    vocab_list += [a + b for a, b in merges]
+    vocab_list += [BOS_TOKEN, EOS_TOKEN]
+    vocab: dict[str, int] = {}
+    for tok in vocab_list:
+        vocab.setdefault(tok, len(vocab))
+    return vocab, tuple(merges)
+
+
+def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    """Write CLIP-format ``vocab.json`` and ``merges.txt`` of the demo vocabulary into ``folder``.
+
+    Returns their paths. ``merges.txt`` starts with ``#version: 0.2`` like CLIP's.
+    """
+    vocab, merges = demo_vocabulary()
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.json"
+    merges_file = folder / "merges.txt"
+    vocab_file.write_text(json.dumps(vocab, ensure_ascii=False, indent=0, sort_keys=False), encoding="utf-8")
+    merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    return vocab_file, merges_file
+
+
+def _tokenizer():
+    """A ``CLIPTokenizer`` over the demo vocabulary (pad = ``<|endoftext|>``, max length 77)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="stableserve-demo-tok-") as tmp:
+        vocab_file, merges_file = write_tokenizer_files(Path(tmp))
+        # Positional paths: transformers 5 ignores the ``vocab_file=`` keyword (builds a 3-token
+        # default vocabulary) while transformers 4 requires the two paths.
+        tok = CLIPTokenizer(str(vocab_file), str(merges_file), pad_token=EOS_TOKEN)
+    tok.model_max_length = MAX_TOKENS
+    return tok
+
+
+def _clip_config(hidden: int, layers: int, heads: int, projection_dim: int):
+    from transformers import CLIPTextConfig
+
+    vocab, _ = demo_vocabulary()
+    eos = vocab[EOS_TOKEN]
+    return CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=projection_dim,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        bos_token_id=vocab[BOS_TOKEN],
+        eos_token_id=eos,
+        pad_token_id=eos,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+
+
+class _Seeds:
+    """Hands out ``base, base+1, ...``: call ``next()`` right before creating each component."""
+
+    def __init__(self, base: int) -> None:
+        self._next = base
+
+    def next(self) -> None:
+        torch.manual_seed(self._next)
+        self._next += 1
+
+
+def _sd_vae(seeds: _Seeds, *, blocks: int = 4, latent_channels: int = 4, **extra: Any):
+    from diffusers import AutoencoderKL
+
+    widths = (8, 16, 32, 32)[:blocks]
+    seeds.next()
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=widths,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        **extra,
+    )
+
+
+def _sd_unet(seeds: _Seeds, *, sample_size: int, sd2: bool, in_channels: int = 4):
+    from diffusers import UNet2DConditionModel
+
+    seeds.next()
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        # SD1 gives one head count for all blocks; SD2 one per block and linear projections.
+        attention_head_dim=(2, 4) if sd2 else 2,
+        use_linear_projection=sd2,
+        norm_num_groups=32,
+    )
+
+
+def _text_encoder(seeds: _Seeds, *, hidden: int = 32, projection_dim: int = 32, with_projection: bool = False):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    seeds.next()
+    config = _clip_config(hidden, 2, 4, projection_dim)
+    cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return cls(config).eval()
+
+
+def _sd_betas() -> dict[str, Any]:
+    return {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+def _build_sd(family: Family, seeds: _Seeds):
+    from diffusers import (
+        DDIMScheduler,
+        PNDMScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionPipeline,
+    )
+
+    sd2 = family != Family.SD1
+    unet = _sd_unet(
+        seeds,
+        sample_size=96 if family == Family.SD2_768 else 64,
+        sd2=sd2,
+        in_channels=9 if family == Family.INPAINT else 4,
+    )
+    vae = _sd_vae(seeds, sample_size=768 if family == Family.SD2_768 else 512, scaling_factor=0.18215)
+    text_encoder = _text_encoder(seeds)
+    if family in (Family.SD1, Family.INPAINT):  # as in v1-5 and 2-inpainting
+        scheduler = PNDMScheduler(**_sd_betas(), skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    else:
+        scheduler = DDIMScheduler(
+            **_sd_betas(),
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="v_prediction" if family == Family.SD2_768 else "epsilon",
+        )
+    cls = StableDiffusionInpaintPipeline if family == Family.INPAINT else StableDiffusionPipeline
+    return cls(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _build_sdxl(family: Family, seeds: _Seeds):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    hidden_1, hidden_2, projection_2, time_dim = 32, 64, 32, 8
+    seeds.next()
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=hidden_1 + hidden_2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        # 6 micro-conditioning numbers (original size, crop, target size) + pooled text embeds
+        projection_class_embeddings_input_dim=6 * time_dim + projection_2,
+        norm_num_groups=32,
+    )
+    vae = _sd_vae(seeds, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+    text_encoder = _text_encoder(seeds, hidden=hidden_1)
+    text_encoder_2 = _text_encoder(seeds, hidden=hidden_2, projection_dim=projection_2, with_projection=True)
+    scheduler = EulerDiscreteScheduler(
+        **_sd_betas(),
+        steps_offset=1,
+        timestep_spacing="leading",
+        interpolation_type="linear",
+        prediction_type="epsilon",
+        use_karras_sigmas=False,
+    )
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def _build_sd3(family: Family, seeds: _Seeds):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    hidden_1, hidden_2 = 32, 64  # CLIP-L / CLIP-G stand-ins, projection dim = hidden as in SD3
+    seeds.next()
+    transformer = SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        # T5's width in the real model (4096 > 768 + 1280); CLIP embeddings are zero-padded to it.
+        joint_attention_dim=128,
+        caption_projection_dim=32,
+        pooled_projection_dim=hidden_1 + hidden_2,
+        pos_embed_max_size=192,
+    )
+    vae = _sd_vae(
+        seeds,
+        latent_channels=16,
+        sample_size=1024,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    text_encoder = _text_encoder(seeds, hidden=hidden_1, projection_dim=hidden_1, with_projection=True)
+    text_encoder_2 = _text_encoder(seeds, hidden=hidden_2, projection_dim=hidden_2, with_projection=True)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_tokenizer(),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+
+
+def _build_latent_upscaler(family: Family, seeds: _Seeds):
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+
+    seeds.next()
+    unet = UNet2DConditionModel(
+        sample_size=128,
+        in_channels=7,  # 4 latent + 3 low-resolution image channels
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, False),
+        attention_head_dim=8,
+        use_linear_projection=True,
+        cross_attention_dim=32,
+        num_class_embeds=1000,  # noise level 0..max_noise_level of the low-resolution image
+        norm_num_groups=32,
+    )
+    vae = _sd_vae(seeds, blocks=3, sample_size=512, scaling_factor=0.08333)
+    text_encoder = _text_encoder(seeds)
+    upscaler_betas = {"beta_start": 0.0001, "beta_end": 0.02, "beta_schedule": "scaled_linear"}
+    return StableDiffusionUpscalePipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=_tokenizer(),
+        unet=unet,
+        low_res_scheduler=DDPMScheduler(**upscaler_betas, num_train_timesteps=1000, clip_sample=False),
+        scheduler=DDIMScheduler(
+            **upscaler_betas,
+            num_train_timesteps=1000,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="v_prediction",
+        ),
+        max_noise_level=350,
+    )
+
+
+def esrgan_demo_model():
+    """The demo Real-ESRGAN x2plus-style network (spandrel's ``RRDBNet``), random weights.
+
+    Old-arch RRDBNet: 12 input channels (pixel-unshuffle by 2 of RGB), 16 features, 1 RRDB
+    block, two x2 up-convolutions (x4 internally, x2 overall). The growth channels are 32:
+    spandrel's class fixes them (its loader could not read another value back).
+    """
+    from stableserve.inference.spandrel_compat import import_spandrel
+
+    import_spandrel()
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    return ESRGAN(in_nc=12, out_nc=3, num_filters=16, num_blocks=1, scale=4, shuffle_factor=2).eval()
+
+
+def _build_esrgan(dest: Path, seeds: _Seeds) -> None:
+    from safetensors.torch import save_file
+
+    seeds.next()
+    model = esrgan_demo_model()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(dest / ESRGAN_WEIGHTS), metadata={"format": "pt", "stableserve_demo": DEMO_VERSION})
+
+
+_PIPELINE_BUILDERS: dict[Family, Callable[[Family, _Seeds], Any]] = {
+    Family.SD1: _build_sd,
+    Family.SD2_512: _build_sd,
+    Family.SD2_768: _build_sd,
+    Family.INPAINT: _build_sd,
+    Family.SDXL: _build_sdxl,
+    Family.SDXL_BETA: _build_sdxl,
+    Family.SD3: _build_sd3,
+    Family.UPSCALER_LATENT_X4: _build_latent_upscaler,
+}
+
+
+@contextlib.contextmanager
+def _isolated_rng() -> Iterator[None]:
+    """Seeding inside does not disturb the caller's CPU RNG; components are built on CPU."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        yield
+
+
+def build_demo_pipeline(family: Family, dest: Path) -> None:
+    """Build the tiny pipeline of ``family`` with fixed seeds and save it at ``dest``.
+
+    Diffusers families: ``save_pretrained`` writes a diffusers folder (``model_index.json``,
+    one sub-folder per component, safetensors weights, float32) loadable with
+    ``DiffusionPipeline.from_pretrained(dest)``. ``UPSCALER_ESRGAN``: a single
+    ``dest/model.safetensors`` holding a Real-ESRGAN x2plus-style RRDBNet state dict that
+    ``spandrel.ModelLoader().load_from_file`` detects as ESRGAN, scale 2. Weights are identical
+    on every build (same bytes); the caller's RNG state is left untouched. ``dest`` is created
+    if needed; existing files in it are overwritten. Raises ``ValueError`` for an unknown family.
+    """
+    family = Family(family)
+    dest = Path(dest)
+    with _isolated_rng():
+        seeds = _Seeds(_SEEDS[family])
+        if family == Family.UPSCALER_ESRGAN:
+            _build_esrgan(dest, seeds)
+            return
+        builder = _PIPELINE_BUILDERS.get(family)
+        if builder is None:  # pragma: no cover - every Family member is mapped
+            raise ValueError(f"no demo pipeline for family {family!r}")
+        pipe = builder(family, seeds)
+        pipe.save_pretrained(str(dest), safe_serialization=True)
+
+
+def _is_complete(folder: Path, family: Family) -> bool:
+    marker = ESRGAN_WEIGHTS if family == Family.UPSCALER_ESRGAN else "model_index.json"
+    return (folder / marker).is_file()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive ``fcntl.flock`` on ``path`` (created if missing); released on exit or death."""
+    with path.open("a+b") as fh:
+        if fcntl is not None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_demo_pipeline(family: Family, root: Path) -> Path:
+    """Return ``root/f"{family.value}-{DEMO_VERSION}"``, building the demo pipeline there on first use.
+
+    Safe under concurrency (threads and processes): a ``fcntl.flock`` on
+    ``root/.<name>.lock`` lets one builder in at a time; the pipeline is built into a temporary
+    folder next to the final one and renamed into place atomically, so the final folder either
+    does not exist or is complete (a crash leaves only a temporary folder, removed by the next
+    builder). A process that finds the folder complete, before or after waiting for the lock,
+    returns it without building; if a builder that bypassed the lock won the rename, its folder
+    is used. ``root`` is created if missing. Building takes a few seconds on CPU.
+    """
+    family = Family(family)
+    root = Path(root).expanduser()
+    final = root / f"{family.value}-{DEMO_VERSION}"
+    if _is_complete(final, family):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with _file_lock(root / f".{final.name}.lock"):
+        if _is_complete(final, family):
+            return final
+        # We hold the lock: any temporary folder of this family is a crashed builder's leftover.
+        for stale in root.glob(f".{final.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # incomplete (not ours, e.g. copied by hand): replace it
+            shutil.rmtree(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
+        try:
+            build_demo_pipeline(family, tmp)
+            try:
+                os.rename(tmp, final)  # atomic; fails if `final` appeared meanwhile
+            except OSError:
+                if not _is_complete(final, family):
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def demo_folder(family: Family, root: Path) -> Path:
+    """Where ``ensure_demo_pipeline`` keeps ``family``'s demo pipeline (may not exist yet)."""
+    return Path(root).expanduser() / f"{Family(family).value}-{DEMO_VERSION}"
+
+

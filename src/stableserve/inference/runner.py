@@ -1,0 +1,228 @@
+"""The runner: a resolved ``GenerationRequest`` -> diffusers (or spandrel) call -> ``Artifact`` list.
+
+Tasks (CONTRACT.md §2.4): text-to-image; image-to-image (``schedule_start`` = diffusers
+``strength``, ``schedule_end`` stops denoising early); masking (mask from a white-mask image,
+a black-mask image or the init image's alpha; unmasked pixels come back exactly); upscale
+(ESRGAN-family via spandrel, or the SD x4 latent upscaler with prompts), resized to the
+requested width or height.
+
+Seeds: sample ``i`` uses ``seed + i`` (mod 2**32) through its own ``torch.Generator``, so the
+same seed and parameters give identical pixels. Samples run in batches of at most
+``settings.runner.max_batch``. ``progress(done, total)`` is called after every denoising step
+and ``cancel`` (a ``threading.Event``) is checked there: setting it raises
+``GenerationCancelled`` between two steps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from stableserve.core.engines import EngineRegistry, EngineSpec, Family
+from stableserve.core.images import decode_image
+from stableserve.core.presets import apply_style_preset
+from stableserve.core.types import SEED_MAX, Artifact, GenerationRequest, Task
+from stableserve.core.validation import resolve
+from stableserve.errors import GenerationCancelled, GenerationFailed, StableServeError
+from stableserve.inference.imaging import composite, pipeline_mask, png_bytes, replace_mask, to_rgb
+from stableserve.inference.loading import LoadedEngine
+from stableserve.inference.model_cache import ModelCache
+from stableserve.inference.prompts import encode_prompts
+from stableserve.inference.samplers import make_noise_scheduler
+from stableserve.settings import Settings
+
+Progress = Callable[[int, int], None]
+
+
+def _task_pipeline_class(family: Family, task: Task):
+    """The diffusers pipeline class serving ``task`` for ``family`` (derived with ``from_pipe``)."""
+    import diffusers as d
+
+    sd = (d.StableDiffusionPipeline, d.StableDiffusionImg2ImgPipeline, d.StableDiffusionInpaintPipeline)
+    xl = (d.StableDiffusionXLPipeline, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline)
+    sd3 = (d.StableDiffusion3Pipeline, d.StableDiffusion3Img2ImgPipeline, d.StableDiffusion3InpaintPipeline)
+    table = {
+        Family.SD1: sd, Family.SD2_512: sd, Family.SD2_768: sd, Family.INPAINT: sd,
+        Family.SDXL: xl, Family.SDXL_BETA: xl, Family.SD3: sd3,
+    }
+    index = {Task.TEXT_TO_IMAGE: 0, Task.IMAGE_TO_IMAGE: 1, Task.MASKING: 2}[task]
+    return table[family][index]
+
+
+def sample_seeds(seed: int, samples: int) -> list[int]:
+    """Seeds of each sample: seed, seed+1, ... wrapping inside 0..4294967295."""
+    return [(seed + i) % (SEED_MAX + 1) for i in range(samples)]
+
+
+class _StepHook:
+    """Diffusers step callback: progress, cancellation and the ``schedule_end`` early stop."""
+
+    def __init__(self, progress: Progress | None, cancel: threading.Event | None, offset: int, total: int,
+                 stop_fraction: float | None):
+        self.progress, self.cancel = progress, cancel
+        self.offset, self.total, self.stop_fraction = offset, total, stop_fraction
+        self.steps = 0
+
+    def _tick(self, pipe: Any, step: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise GenerationCancelled("generation cancelled")
+        self.steps = step + 1
+        if self.progress is not None:
+            self.progress(self.offset + step + 1, self.total)
+        if self.stop_fraction is not None and pipe is not None:
+            n = getattr(pipe, "num_timesteps", None) or getattr(pipe, "_num_timesteps", None)
+            if n and step + 1 >= round(n * self.stop_fraction):
+                pipe._interrupt = True
+
+    def on_step_end(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        self._tick(pipe, step)
+        return kwargs
+
+    def legacy(self, step: int, timestep: Any, latents: Any) -> None:
+        self._tick(None, step)
+
+
+class Runner:
+    """Runs generation requests on engines of ``registry`` with a shared ``ModelCache``.
+
+    ``run`` takes a request already passed through ``core.validation.resolve``; ``generate``
+    resolves first. Raises ``InvalidRequest`` / ``EngineNotReady`` / ``NotFound`` before any
+    work, ``GenerationCancelled`` when cancelled, ``GenerationFailed`` when the pipeline fails.
+    """
+
+    def __init__(self, registry: EngineRegistry, settings: Settings, cache: ModelCache | None = None):
+        self.registry = registry
+        self.settings = settings
+        self.cache = cache or ModelCache(settings)
+
+    def generate(self, request: GenerationRequest, *, progress: Progress | None = None,
+                 cancel: threading.Event | None = None) -> list[Artifact]:
+        """Resolve ``request`` against its engine, then ``run`` it."""
+        engine = self.registry.get(request.engine_id)
+        return self.run(resolve(request, engine), progress=progress, cancel=cancel)
+
+    def run(self, request: GenerationRequest, *, progress: Progress | None = None,
+            cancel: threading.Event | None = None) -> list[Artifact]:
+        """Generate ``request.samples`` artifacts (PNG, ``index`` 0.., ``seed`` per sample)."""
+        engine = self.registry.get(request.engine_id)
+        loaded = self.cache.get(engine)
+        try:
+            with torch.inference_mode():
+                if request.task == Task.UPSCALE:
+                    images = self._upscale(loaded, request, progress, cancel)
+                else:
+                    images = self._diffuse(loaded, request, progress, cancel)
+        except StableServeError:
+            raise
+        except Exception as exc:  # pipeline failures become one clean domain error
+            raise GenerationFailed(f"generation failed on {engine.id}: {type(exc).__name__}: {exc}") from exc
+        seeds = sample_seeds(request.seed, request.samples)
+        return [
+            Artifact(index=i, seed=seeds[i], width=img.width, height=img.height, data=png_bytes(img))
+            for i, img in enumerate(images)
+        ]
+
+    # -- diffusion tasks ---------------------------------------------------------------------
+    def _diffuse(self, loaded: LoadedEngine, req: GenerationRequest, progress: Progress | None,
+                 cancel: threading.Event | None) -> list[Image.Image]:
+        engine, base = loaded.engine, loaded.pipeline
+        cls = _task_pipeline_class(engine.family, req.task)
+        assert req.sampler is not None and req.steps is not None
+        scheduler = make_noise_scheduler(req.sampler, base.scheduler.config, engine.family, req.seed)
+        # A pipeline view of its own over the shared components: the cached base pipeline's
+        # scheduler is never touched, and every task reuses the same weights.
+        pipe = cls.from_pipe(base, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        prompts = apply_style_preset(req.style_preset, req.prompts)
+        cond = encode_prompts(pipe, engine.family, prompts, device=loaded.device, dtype=loaded.dtype)
+
+        kwargs: dict[str, Any] = dict(num_inference_steps=req.steps, guidance_scale=req.cfg_scale, output_type="pil")
+        init = mask = None
+        if req.task == Task.TEXT_TO_IMAGE:
+            kwargs.update(width=req.width, height=req.height)
+        else:
+            assert req.init_image is not None
+            init = decode_image(req.init_image.data, param="init_image")
+            kwargs.update(image=to_rgb(init), strength=req.schedule_start)
+            if req.task == Task.MASKING:
+                mask = replace_mask(req, init)
+                kwargs.update(mask_image=pipeline_mask(mask), width=init.width, height=init.height)
+        stop_fraction = None
+        if req.schedule_end is not None and req.task != Task.TEXT_TO_IMAGE:
+            start = req.schedule_start or 1.0
+            stop_fraction = (start - req.schedule_end) / start
+
+        seeds = sample_seeds(req.seed, req.samples)
+        batch = self.settings.runner.max_batch
+        chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
+        per_chunk = self._expected_steps(req)
+        images: list[Image.Image] = []
+        for n, chunk in enumerate(chunks):
+            hook = _StepHook(progress, cancel, n * per_chunk, len(chunks) * per_chunk, stop_fraction)
+            generators = [torch.Generator(loaded.device).manual_seed(s) for s in chunk]
+            out = pipe(**cond, **kwargs, num_images_per_prompt=len(chunk), generator=generators,
+                       callback_on_step_end=hook.on_step_end)
+            images.extend(out.images)
+        if mask is not None and init is not None:
+            images = [composite(init, img, mask) for img in images]
+        return images
+
+    @staticmethod
+    def _expected_steps(req: GenerationRequest) -> int:
+        steps = req.steps or 1
+        if req.task in (Task.IMAGE_TO_IMAGE, Task.MASKING) and req.schedule_start is not None:
+            steps = max(1, int(steps * req.schedule_start))
+        return steps
+
+    # -- upscaling ---------------------------------------------------------------------------
+    def _upscale(self, loaded: LoadedEngine, req: GenerationRequest, progress: Progress | None,
+                 cancel: threading.Event | None) -> list[Image.Image]:
+        assert req.init_image is not None and req.width and req.height
+        image = to_rgb(decode_image(req.init_image.data, param="init_image"))
+        if loaded.upscaler is not None:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("generation cancelled")
+            out = _spandrel_upscale(loaded, image)
+            if progress:
+                progress(1, 1)
+            outs = [out] * req.samples
+        else:
+            outs = self._latent_upscale(loaded, req, image, progress, cancel)
+        return [o if o.size == (req.width, req.height) else o.resize((req.width, req.height), Image.Resampling.LANCZOS)
+                for o in outs]
+
+    def _latent_upscale(self, loaded: LoadedEngine, req: GenerationRequest, image: Image.Image,
+                        progress: Progress | None, cancel: threading.Event | None) -> list[Image.Image]:
+        engine, base = loaded.engine, loaded.pipeline
+        assert req.sampler is not None and req.steps is not None
+        scheduler = make_noise_scheduler(req.sampler, base.scheduler.config, engine.family, req.seed)
+        pipe = type(base)(**{**base.components, "scheduler": scheduler})
+        pipe.set_progress_bar_config(disable=True)
+        prompts = apply_style_preset(req.style_preset, req.prompts)
+        cond: dict[str, Any] = (
+            encode_prompts(pipe, engine.family, prompts, device=loaded.device, dtype=loaded.dtype)
+            if prompts else {"prompt": ""}
+        )
+        images = []
+        total = req.samples * req.steps
+        for i, seed in enumerate(sample_seeds(req.seed, req.samples)):
+            hook = _StepHook(progress, cancel, i * req.steps, total, None)
+            out = pipe(**cond, image=image, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
+                       generator=torch.Generator(loaded.device).manual_seed(seed), output_type="pil",
+                       callback=hook.legacy, callback_steps=1)
+            images.append(out.images[0])
+        return images
+
+
+def _spandrel_upscale(loaded: LoadedEngine, image: Image.Image) -> Image.Image:
+    """Run a spandrel super-resolution model on an RGB image: (H, W) -> (H*s, W*s)."""
+    model = loaded.upscaler
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    x = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).to(loaded.device)
+    y = model(x).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
+    return Image.fromarray(np.rint(y * 255.0).astype(np.uint8), mode="RGB")

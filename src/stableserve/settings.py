@@ -1,0 +1,66 @@
+"""One settings tree for the whole server (pydantic-settings).
+
+Every field can be set from the environment with the prefix ``STABLESERVE_`` and ``__`` for
+nesting, e.g. ``STABLESERVE_HOME=/srv/stableserve`` or
+``STABLESERVE_MODEL_CACHE__MAX_BYTES=8000000000``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelCacheSettings(BaseModel):
+    """Worker-side pipeline cache.
+
+    ``max_bytes``: memory budget for loaded pipelines, in bytes of parameters (0 = no
+    limit). Least-recently-used engines are evicted when a new one would exceed it.
+    """
+
+    max_bytes: int = Field(default=0, ge=0)
+
+
+class RunnerSettings(BaseModel):
+    """Runner knobs. ``max_batch``: samples run as one pipeline batch, at most this many (1..16).
+
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``.
+    """
+
+    max_batch: int = Field(default=4, ge=1, le=16)
+    device: str = "auto"
+
+
+class Settings(BaseSettings):
+    """Root settings.
+
+    - ``home``: data directory (``STABLESERVE_HOME``, default ``~/.stableserve``); holds the
+      database, artifacts and the model cache (``models/``, ``demo/``).
+    - ``engines``: which engine registry to serve: ``demo`` (tiny offline pipelines, the
+      default), ``public`` (the shipped registry of real public weights) or a path to a YAML
+      registry file.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STABLESERVE_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".stableserve")
+    engines: str = "demo"
+    model_cache: ModelCacheSettings = ModelCacheSettings()
+    runner: RunnerSettings = RunnerSettings()
+
+    @property
+    def models_dir(self) -> Path:
+        """Hugging Face cache for real weights: ``<home>/models``."""
+        return self.home / "models"
+
+    @property
+    def demo_dir(self) -> Path:
+        """Where demo pipelines are built on first use: ``<home>/demo``."""
+        return self.home / "demo"
+
+
+def get_settings() -> Settings:
+    """Settings read from the environment now (not cached: tests change the environment)."""
+    return Settings()
