@@ -20,6 +20,7 @@ from stableserve.errors import StableServeError
 from stableserve.settings import Settings, get_settings
 
 app = typer.Typer(help="stableserve: a self-hosted Stability-compatible image generation server.",
+                  pretty_exceptions_show_locals=False,
                   no_args_is_help=True, add_completion=False)
 engines_app = typer.Typer(help="Inspect the engine registry.", no_args_is_help=True)
 models_app = typer.Typer(help="Manage model weights.", no_args_is_help=True)
