@@ -40,16 +40,33 @@ def main() -> None:
     runner = Runner(registry, settings)
     folder = weights_location(engine, settings)
 
-    direct = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
-    direct.scheduler = DPMSolverMultistepScheduler.from_config(direct.scheduler.config, algorithm_type="dpmsolver++")
+    direct = StableDiffusionPipeline.from_pretrained(
+        str(folder), safety_checker=None, requires_safety_checker=False
+    )
+    direct.scheduler = DPMSolverMultistepScheduler.from_config(
+        direct.scheduler.config, algorithm_type="dpmsolver++"
+    )
     direct.set_progress_bar_config(disable=True)
-    request = GenerationRequest(engine_id=engine.id, prompts=(WeightedPrompt(text=PROMPT),), width=args.size,
-                                height=args.size, steps=args.steps, cfg_scale=7.0, sampler=Sampler.K_DPMPP_2M,
-                                seed=42)
+    request = GenerationRequest(
+        engine_id=engine.id,
+        prompts=(WeightedPrompt(text=PROMPT),),
+        width=args.size,
+        height=args.size,
+        steps=args.steps,
+        cfg_scale=7.0,
+        sampler=Sampler.K_DPMPP_2M,
+        seed=42,
+    )
 
     def run_direct() -> None:
-        direct(PROMPT, width=args.size, height=args.size, num_inference_steps=args.steps, guidance_scale=7.0,
-               generator=torch.Generator("cpu").manual_seed(42))
+        direct(
+            PROMPT,
+            width=args.size,
+            height=args.size,
+            num_inference_steps=args.steps,
+            guidance_scale=7.0,
+            generator=torch.Generator("cpu").manual_seed(42),
+        )
 
     def run_runner() -> None:
         runner.generate(request)
@@ -63,8 +80,10 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - t0)
     d, r = statistics.median(times["direct"]), statistics.median(times["runner"])
-    print(f"engine {engine.id} (demo) {args.size}x{args.size}, {args.steps} steps, cfg 7, {args.runs} runs, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"engine {engine.id} (demo) {args.size}x{args.size}, {args.steps} steps, cfg 7, {args.runs} runs, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"direct diffusers call: median {d:.3f} s")
     print(f"stableserve runner:    median {r:.3f} s")
     print(f"ratio runner/direct:   {r / d:.3f}  (aim <= 1.05)")

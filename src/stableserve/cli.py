@@ -19,9 +19,12 @@ from stableserve.core.types import GenerationRequest, ImageInput, MaskSource, Sa
 from stableserve.errors import StableServeError
 from stableserve.settings import Settings, get_settings
 
-app = typer.Typer(help="stableserve: a self-hosted Stability-compatible image generation server.",
-                  pretty_exceptions_show_locals=False,
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="stableserve: a self-hosted Stability-compatible image generation server.",
+    pretty_exceptions_show_locals=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
 engines_app = typer.Typer(help="Inspect the engine registry.", no_args_is_help=True)
 models_app = typer.Typer(help="Manage model weights.", no_args_is_help=True)
 app.add_typer(engines_app, name="engines")
@@ -32,8 +35,11 @@ out = Console()
 
 EnginesOpt = Annotated[
     str | None,
-    typer.Option("--engines", help="Registry: 'demo' (tiny offline pipelines), 'public' (real weights) or a YAML "
-                 "file. Default: $STABLESERVE_ENGINES or 'demo'."),
+    typer.Option(
+        "--engines",
+        help="Registry: 'demo' (tiny offline pipelines), 'public' (real weights) or a YAML "
+        "file. Default: $STABLESERVE_ENGINES or 'demo'.",
+    ),
 ]
 
 
@@ -43,6 +49,12 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _context(engines: str | None) -> tuple[Settings, EngineRegistry]:
+    import warnings
+
+    from stableserve.inference.loading import quiet_libraries
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet_libraries()
     settings = get_settings()
     if engines:
         settings = settings.model_copy(update={"engines": engines})
@@ -64,26 +76,45 @@ def _read(path: Path | None, what: str) -> ImageInput | None:
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Argument(help="Text prompt; '(word:1.3)' emphasis works.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write (samples > 1: NAME-0.png, ...).")]
-    = Path("out.png"),
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="PNG to write (samples > 1: NAME-0.png, ...).")
+    ] = Path("out.png"),
     engine: Annotated[str, typer.Option("--engine", "-e", help="Engine id.")] = "stable-diffusion-v1-5",
     engines: EnginesOpt = None,
     negative_prompt: Annotated[str | None, typer.Option("--negative-prompt", "-n")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, max=150, help="Denoising steps (engine default).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, max=150, help="Denoising steps (engine default).")
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, max=4294967295, help="0 = random.")] = 0,
     cfg_scale: Annotated[float, typer.Option(min=0, max=35, help="Guidance scale.")] = 7.0,
-    sampler: Annotated[Sampler | None, typer.Option(case_sensitive=False, help="Sampler (engine default).")] = None,
-    width: Annotated[int | None, typer.Option(min=1, help="Pixels (engine default; upscale: target width).")] = None,
-    height: Annotated[int | None, typer.Option(min=1, help="Pixels (engine default; upscale: target height).")]
-    = None,
+    sampler: Annotated[
+        Sampler | None, typer.Option(case_sensitive=False, help="Sampler (engine default).")
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(min=1, help="Pixels (engine default; upscale: target width).")
+    ] = None,
+    height: Annotated[
+        int | None, typer.Option(min=1, help="Pixels (engine default; upscale: target height).")
+    ] = None,
     samples: Annotated[int, typer.Option(min=1, max=10)] = 1,
     style_preset: Annotated[str | None, typer.Option(help="One of the 17 Stability style presets.")] = None,
-    init_image: Annotated[Path | None, typer.Option(help="Init image: image-to-image, masking or upscale.")] = None,
-    image_strength: Annotated[float | None, typer.Option(min=0, max=1, help="How much of the init image to keep "
-                              "(v1 image_strength; default 0.35).")] = None,
+    init_image: Annotated[
+        Path | None, typer.Option(help="Init image: image-to-image, masking or upscale.")
+    ] = None,
+    image_strength: Annotated[
+        float | None,
+        typer.Option(
+            min=0, max=1, help="How much of the init image to keep (v1 image_strength; default 0.35)."
+        ),
+    ] = None,
     mask: Annotated[Path | None, typer.Option(help="Mask image (makes it a masking request).")] = None,
-    mask_source: Annotated[MaskSource | None, typer.Option(case_sensitive=False, help="Default MASK_IMAGE_WHITE "
-                           "with --mask, else INIT_IMAGE_ALPHA when the init image has alpha.")] = None,
+    mask_source: Annotated[
+        MaskSource | None,
+        typer.Option(
+            case_sensitive=False,
+            help="Default MASK_IMAGE_WHITE with --mask, else INIT_IMAGE_ALPHA when the init image has alpha.",
+        ),
+    ] = None,
 ) -> None:
     """Generate an image offline with the runner and write it as PNG."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -109,27 +140,49 @@ def generate(
         task = Task.TEXT_TO_IMAGE
     try:
         request = GenerationRequest(
-            engine_id=engine, task=task, prompts=tuple(prompts), width=width, height=height, steps=steps,
-            cfg_scale=cfg_scale, sampler=sampler, seed=seed, samples=samples, style_preset=style_preset,
-            init_image=_read(init_image, "init image"), mask_image=_read(mask, "mask"), mask_source=mask_source,
+            engine_id=engine,
+            task=task,
+            prompts=tuple(prompts),
+            width=width,
+            height=height,
+            steps=steps,
+            cfg_scale=cfg_scale,
+            sampler=sampler,
+            seed=seed,
+            samples=samples,
+            style_preset=style_preset,
+            init_image=_read(init_image, "init image"),
+            mask_image=_read(mask, "mask"),
+            mask_source=mask_source,
             schedule_start=None if image_strength is None else 1.0 - image_strength,
         )
     except ValueError as exc:
         raise _fail(str(exc).splitlines()[-1] if str(exc) else "invalid request") from None
     if spec.is_demo:
-        err.print(f"note: {engine} is a demo engine (tiny random weights; images are noise-like). "
-                  "Use --engines public for real weights.", highlight=False)
+        err.print(
+            f"note: {engine} is a demo engine (tiny random weights; images are noise-like). "
+            "Use --engines public for real weights.",
+            highlight=False,
+        )
     runner = Runner(registry, settings)
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=err, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
             tid = bar.add_task(f"{engine} {task.value}", total=None)
             artifacts = runner.generate(request, progress=lambda d, t: bar.update(tid, completed=d, total=t))
     except StableServeError as exc:
         raise _fail(exc.message) from None
     output.parent.mkdir(parents=True, exist_ok=True)
     for art in artifacts:
-        path = output if len(artifacts) == 1 else output.with_name(f"{output.stem}-{art.index}{output.suffix}")
+        path = (
+            output if len(artifacts) == 1 else output.with_name(f"{output.stem}-{art.index}{output.suffix}")
+        )
         path.write_bytes(art.data)
         out.print(f"wrote {path} ({art.width}x{art.height}, seed {art.seed})", highlight=False)
 
@@ -145,13 +198,20 @@ def engines_list(engines: EnginesOpt = None) -> None:
         table.add_column(col, overflow="fold")
     for spec in registry.engines:
         r = readiness(spec, settings)
-        table.add_row(spec.id, spec.family.value, ", ".join(t.value for t in spec.tasks),
-                      "[green]yes[/]" if r.ready else "[red]no[/]", r.reason)
+        table.add_row(
+            spec.id,
+            spec.family.value,
+            ", ".join(t.value for t in spec.tasks),
+            "[green]yes[/]" if r.ready else "[red]no[/]",
+            r.reason,
+        )
     Console(width=max(160, out.width)).print(table)
 
 
 @models_app.command("pull")
-def models_pull(engine: Annotated[str, typer.Argument(help="Engine id.")], engines: EnginesOpt = None) -> None:
+def models_pull(
+    engine: Annotated[str, typer.Argument(help="Engine id.")], engines: EnginesOpt = None
+) -> None:
     """Download an engine's weights into $STABLESERVE_HOME/models (demo engines: build them)."""
     from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
@@ -162,8 +222,13 @@ def models_pull(engine: Annotated[str, typer.Argument(help="Engine id.")], engin
         spec = registry.get(engine)
         if spec.source.kind == "hf":
             err.print(f"downloading {spec.source.repo}@{spec.source.revision} ...", highlight=False)
-        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=err,
-                      transient=True) as bar:
+        with Progress(
+            *Progress.get_default_columns(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
             tid = bar.add_task(f"pull {engine}", total=None)
             location = pull(spec, settings, progress=lambda d, t: bar.update(tid, completed=d, total=t))
     except StableServeError as exc:

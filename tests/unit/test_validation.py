@@ -38,7 +38,9 @@ def check(engine_id: str, w: int, h: int) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("engine_id", ["stable-diffusion-v1-5", "stable-diffusion-512-v2-1", "stable-diffusion-v1"])
+@pytest.mark.parametrize(
+    "engine_id", ["stable-diffusion-v1-5", "stable-diffusion-512-v2-1", "stable-diffusion-v1"]
+)
 def test_512_engines_pixel_range(engine_id):
     assert check(engine_id, 512, 512) is None
     assert check(engine_id, 1024, 1024) is None  # 1,048,576 exactly
@@ -47,7 +49,6 @@ def test_512_engines_pixel_range(engine_id):
     assert check(engine_id, 512, 500) == "invalid_height_or_width"
     assert check(engine_id, 2048, 128) is None  # 262,144 px exactly, min side 128
     assert check(engine_id, 4096, 64) == "invalid_height_or_width"  # side below 128
-
 
 
 @pytest.mark.parametrize("engine_id", ["stable-diffusion-768-v2-1", "stable-diffusion-768-v2-0"])
@@ -59,8 +60,17 @@ def test_768_engines_pixel_range(engine_id):
     assert resolve(req(engine_id), REG.get(engine_id)).width == 768
 
 
-SDXL_SIZES = [(1024, 1024), (1152, 896), (1216, 832), (1344, 768), (1536, 640), (640, 1536), (768, 1344),
-              (832, 1216), (896, 1152)]
+SDXL_SIZES = [
+    (1024, 1024),
+    (1152, 896),
+    (1216, 832),
+    (1344, 768),
+    (1536, 640),
+    (640, 1536),
+    (768, 1344),
+    (832, 1216),
+    (896, 1152),
+]
 
 
 @pytest.mark.parametrize("engine_id", ["stable-diffusion-xl-1024-v1-0", "stable-diffusion-xl-1024-v0-9"])
@@ -106,11 +116,16 @@ def test_task_support_and_prompts():
     with pytest.raises(InvalidRequest, match="does not support"):
         resolve(req("stable-inpainting-512-v2-0"), REG.get("stable-inpainting-512-v2-0"))
     with pytest.raises(InvalidRequest) as exc:
-        resolve(req("stable-diffusion-v1-5", prompts=(WeightedPrompt(text="bad", weight=-1),)),
-                REG.get("stable-diffusion-v1-5"))
+        resolve(
+            req("stable-diffusion-v1-5", prompts=(WeightedPrompt(text="bad", weight=-1),)),
+            REG.get("stable-diffusion-v1-5"),
+        )
     assert exc.value.code == "invalid_prompts"
     with pytest.raises(InvalidRequest) as exc:
-        resolve(req("stable-diffusion-v1-5", prompts=(WeightedPrompt(text="   "),)), REG.get("stable-diffusion-v1-5"))
+        resolve(
+            req("stable-diffusion-v1-5", prompts=(WeightedPrompt(text="   "),)),
+            REG.get("stable-diffusion-v1-5"),
+        )
     assert exc.value.code == "invalid_prompts"
     with pytest.raises(InvalidRequest) as exc:
         resolve(req("stable-diffusion-v1-5", style_preset="watercolor"), REG.get("stable-diffusion-v1-5"))
@@ -135,12 +150,23 @@ def test_image_to_image_follows_init_image_and_checks_it():
 def test_masking_sources():
     e = REG.get("stable-inpainting-512-v2-0")
     init = png(512, 512)
-    ok = resolve(req(e.id, task=Task.MASKING, init_image=init, mask_image=png(512, 512, "L"),
-                     mask_source=MaskSource.MASK_IMAGE_BLACK), e)
+    ok = resolve(
+        req(
+            e.id,
+            task=Task.MASKING,
+            init_image=init,
+            mask_image=png(512, 512, "L"),
+            mask_source=MaskSource.MASK_IMAGE_BLACK,
+        ),
+        e,
+    )
     assert ok.schedule_start == 1.0
     cases = [
         (dict(mask_source=MaskSource.MASK_IMAGE_WHITE), "invalid_mask_image"),
-        (dict(mask_source=MaskSource.MASK_IMAGE_WHITE, mask_image=png(512, 576, "L")), "invalid_image_dimensions"),
+        (
+            dict(mask_source=MaskSource.MASK_IMAGE_WHITE, mask_image=png(512, 576, "L")),
+            "invalid_image_dimensions",
+        ),
         (dict(mask_source=MaskSource.INIT_IMAGE_ALPHA), "invalid_mask_image"),
         (dict(mask_image=png(512, 512, "L")), "bad_request"),
     ]
@@ -148,8 +174,12 @@ def test_masking_sources():
         with pytest.raises(InvalidRequest) as exc:
             resolve(req(e.id, task=Task.MASKING, init_image=init, **extra), e)
         assert exc.value.code == code, extra
-    alpha = resolve(req(e.id, task=Task.MASKING, init_image=png(512, 512, "RGBA"),
-                        mask_source=MaskSource.INIT_IMAGE_ALPHA), e)
+    alpha = resolve(
+        req(
+            e.id, task=Task.MASKING, init_image=png(512, 512, "RGBA"), mask_source=MaskSource.INIT_IMAGE_ALPHA
+        ),
+        e,
+    )
     assert alpha.width == 512
 
 
@@ -175,7 +205,10 @@ def test_upscale_sizes():
 def test_decompression_bomb_is_a_clean_error():
     big = png(5000, 4000, "L")
     with pytest.raises(InvalidRequest) as exc:
-        resolve(req("stable-diffusion-v1-5", task=Task.IMAGE_TO_IMAGE, init_image=big), REG.get("stable-diffusion-v1-5"))
+        resolve(
+            req("stable-diffusion-v1-5", task=Task.IMAGE_TO_IMAGE, init_image=big),
+            REG.get("stable-diffusion-v1-5"),
+        )
     assert exc.value.code == "invalid_pixel_count"
 
 

@@ -164,7 +164,9 @@ class EngineSpec(BaseModel):
         if is_upscaler and not self.upscale_factor:
             raise ValueError("upscalers need 'upscale_factor'")
         if self.family in FLOW_MATCHING_FAMILIES and self.default_sampler not in FLOW_MATCHING_SAMPLERS:
-            raise ValueError(f"default_sampler of a flow-matching family must be one of {FLOW_MATCHING_SAMPLERS}")
+            raise ValueError(
+                f"default_sampler of a flow-matching family must be one of {FLOW_MATCHING_SAMPLERS}"
+            )
         return self
 
     @property

@@ -35,7 +35,7 @@ def check_dimensions(rule: DimensionRule, width: int, height: int, *, what: str 
         if (width, height) not in rule.sizes:
             allowed = ", ".join(f"{w}x{h}" for w, h in rule.sizes)
             raise InvalidRequest(
-                f"{what}: {width}x{height} is not allowed for this engine; allowed (width x height): {allowed}",
+                f"{what}: {width}x{height} is not allowed for this engine; allowed (w x h): {allowed}",
                 code=rule.error,
                 param="width",
             )
@@ -73,12 +73,16 @@ def check_dimensions(rule: DimensionRule, width: int, height: int, *, what: str 
 
 
 def _check_prompts(request: GenerationRequest, engine: EngineSpec) -> None:
-    needs_prompt = not (request.task == Task.UPSCALE)
+    needs_prompt = request.task != Task.UPSCALE
     for p in request.prompts:
         if not p.text.strip():
-            raise InvalidRequest("text_prompts: prompts may not be blank", code="invalid_prompts", param="prompts")
+            raise InvalidRequest(
+                "text_prompts: prompts may not be blank", code="invalid_prompts", param="prompts"
+            )
         if p.weight == 0:
-            raise InvalidRequest("text_prompts: a weight of 0 has no effect", code="invalid_prompts", param="prompts")
+            raise InvalidRequest(
+                "text_prompts: a weight of 0 has no effect", code="invalid_prompts", param="prompts"
+            )
     if needs_prompt and not request.positive_prompts:
         raise InvalidRequest(
             "text_prompts: at least one prompt with a positive weight is required",
@@ -160,7 +164,9 @@ def resolve(request: GenerationRequest, engine: EngineSpec) -> GenerationRequest
     _check_prompts(request, engine)
     if request.style_preset is not None and request.style_preset not in STYLE_PRESETS:
         raise InvalidRequest(
-            f"style_preset: must be one of {', '.join(STYLE_PRESETS)}", code="bad_request", param="style_preset"
+            f"style_preset: must be one of {', '.join(STYLE_PRESETS)}",
+            code="bad_request",
+            param="style_preset",
         )
 
     supported = engine.supported_samplers()

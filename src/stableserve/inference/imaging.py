@@ -30,7 +30,10 @@ def replace_mask(request: GenerationRequest, init: Image.Image) -> np.ndarray:
         alpha = np.asarray(init.convert("RGBA").getchannel("A"), dtype=np.float32) / 255.0
         return 1.0 - alpha
     assert request.mask_image is not None
-    lum = np.asarray(decode_image(request.mask_image.data, param="mask_image").convert("L"), dtype=np.float32) / 255.0
+    lum = (
+        np.asarray(decode_image(request.mask_image.data, param="mask_image").convert("L"), dtype=np.float32)
+        / 255.0
+    )
     return lum if request.mask_source == MaskSource.MASK_IMAGE_WHITE else 1.0 - lum
 
 

@@ -65,6 +65,21 @@ class LoadedEngine:
     nbytes: int = 0
 
 
+def quiet_libraries() -> None:
+    """Silence diffusers/transformers/huggingface_hub info logs and loading progress bars.
+
+    The CLI and the server call this once; downloads keep their own progress display.
+    """
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import diffusers  # after transformers: importing diffusers logs transformers warnings
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def select_device(setting: str) -> torch.device:
     """``auto`` -> CUDA when available else CPU; otherwise ``torch.device(setting)``."""
     if setting == "auto":
@@ -90,11 +105,17 @@ def _hf_cached(repo: str, revision: str, settings: Settings, filename: str | Non
 
     if filename:
         return Path(
-            hf_hub_download(repo, filename, revision=revision, cache_dir=settings.models_dir, local_files_only=True)
+            hf_hub_download(
+                repo, filename, revision=revision, cache_dir=settings.models_dir, local_files_only=True
+            )
         )
     return Path(
         snapshot_download(
-            repo, revision=revision, cache_dir=settings.models_dir, local_files_only=True, allow_patterns=_HF_ALLOW
+            repo,
+            revision=revision,
+            cache_dir=settings.models_dir,
+            local_files_only=True,
+            allow_patterns=_HF_ALLOW,
         )
     )
 
@@ -108,7 +129,9 @@ def weights_location(engine: EngineSpec, settings: Settings) -> Path:
     src = engine.source
 
     def missing(why: str) -> EngineNotReady:
-        return EngineNotReady(f"engine {engine.id} is not ready: {why}; run `stableserve models pull {engine.id}`")
+        return EngineNotReady(
+            f"engine {engine.id} is not ready: {why}; run `stableserve models pull {engine.id}`"
+        )
 
     if src.kind == "demo":
         from stableserve.inference.demo import ensure_demo_pipeline
@@ -118,7 +141,11 @@ def weights_location(engine: EngineSpec, settings: Settings) -> Path:
         path = Path(src.path or "").expanduser()
         if not path.exists():
             raise EngineNotReady(f"engine {engine.id} is not ready: {path} does not exist")
-        if path.is_dir() and engine.family != Family.UPSCALER_ESRGAN and not (path / "model_index.json").exists():
+        if (
+            path.is_dir()
+            and engine.family != Family.UPSCALER_ESRGAN
+            and not (path / "model_index.json").exists()
+        ):
             raise EngineNotReady(f"engine {engine.id} is not ready: {path} has no model_index.json")
         return path
     if src.kind == "url":
@@ -169,7 +196,7 @@ def load_engine(engine: EngineSpec, settings: Settings, device: torch.device | N
         return LoadedEngine(engine, device, dtype, upscaler=model, nbytes=_nbytes([model.model]))
 
     cls = _pipeline_class(engine.family)
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if engine.family in (Family.SD1, Family.SD2_512, Family.SD2_768, Family.INPAINT):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     src = engine.source
@@ -182,7 +209,8 @@ def load_engine(engine: EngineSpec, settings: Settings, device: torch.device | N
         if src.variant and src.kind == "hf":
             kwargs["variant"] = src.variant
         pipe = cls.from_pretrained(str(location), **kwargs)
-    pipe = pipe.to(device)
+    if device.type != "cpu":
+        pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
     return LoadedEngine(engine, device, dtype, pipeline=pipe, nbytes=_nbytes(modules))
@@ -192,7 +220,9 @@ class HubUnreachable(EngineNotReady):
     """``models pull`` could not reach the hub or URL holding the weights."""
 
 
-def pull(engine: EngineSpec, settings: Settings, progress: Callable[[int, int | None], None] | None = None) -> Path:
+def pull(
+    engine: EngineSpec, settings: Settings, progress: Callable[[int, int | None], None] | None = None
+) -> Path:
     """Download (or build, for demo engines) the engine's weights; returns their location.
 
     ``progress(done_bytes, total_bytes)`` is called during URL downloads; hub downloads show
@@ -209,16 +239,24 @@ def pull(engine: EngineSpec, settings: Settings, progress: Callable[[int, int | 
     where = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
         if src.kind == "single_file":
-            hf_hub_download(src.repo or "", src.filename or "", revision=src.revision, cache_dir=settings.models_dir)
+            hf_hub_download(
+                src.repo or "", src.filename or "", revision=src.revision, cache_dir=settings.models_dir
+            )
             if src.config and not Path(src.config).expanduser().is_dir():
-                snapshot_download(src.config, cache_dir=settings.models_dir, allow_patterns=["*.json", "*.txt"])
+                snapshot_download(
+                    src.config, cache_dir=settings.models_dir, allow_patterns=["*.json", "*.txt"]
+                )
         elif src.filename:
-            hf_hub_download(src.repo or "", src.filename, revision=src.revision, cache_dir=settings.models_dir)
+            hf_hub_download(
+                src.repo or "", src.filename, revision=src.revision, cache_dir=settings.models_dir
+            )
         else:
             allow = _HF_ALLOW
             if src.variant:
                 allow = ["*.json", "*.txt", "*.model", f"*/*.{src.variant}.safetensors"]
-            snapshot_download(src.repo or "", revision=src.revision, cache_dir=settings.models_dir, allow_patterns=allow)
+            snapshot_download(
+                src.repo or "", revision=src.revision, cache_dir=settings.models_dir, allow_patterns=allow
+            )
     except Exception as exc:  # the hub client raises many kinds (HTTP, connection, offline mode)
         raise HubUnreachable(
             f"could not download {src.repo}@{src.revision} for engine {engine.id} from {where}: "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stableserve.core.engines import EngineRegistry, EngineSpec, Family
+from stableserve.core.engines import EngineRegistry, Family
 from stableserve.core.images import decode_image
 from stableserve.core.presets import apply_style_preset
 from stableserve.core.types import SEED_MAX, Artifact, GenerationRequest, Task
@@ -47,8 +47,13 @@ def _task_pipeline_class(family: Family, task: Task):
     xl = (d.StableDiffusionXLPipeline, d.StableDiffusionXLImg2ImgPipeline, d.StableDiffusionXLInpaintPipeline)
     sd3 = (d.StableDiffusion3Pipeline, d.StableDiffusion3Img2ImgPipeline, d.StableDiffusion3InpaintPipeline)
     table = {
-        Family.SD1: sd, Family.SD2_512: sd, Family.SD2_768: sd, Family.INPAINT: sd,
-        Family.SDXL: xl, Family.SDXL_BETA: xl, Family.SD3: sd3,
+        Family.SD1: sd,
+        Family.SD2_512: sd,
+        Family.SD2_768: sd,
+        Family.INPAINT: sd,
+        Family.SDXL: xl,
+        Family.SDXL_BETA: xl,
+        Family.SD3: sd3,
     }
     index = {Task.TEXT_TO_IMAGE: 0, Task.IMAGE_TO_IMAGE: 1, Task.MASKING: 2}[task]
     return table[family][index]
@@ -62,8 +67,14 @@ def sample_seeds(seed: int, samples: int) -> list[int]:
 class _StepHook:
     """Diffusers step callback: progress, cancellation and the ``schedule_end`` early stop."""
 
-    def __init__(self, progress: Progress | None, cancel: threading.Event | None, offset: int, total: int,
-                 stop_fraction: float | None):
+    def __init__(
+        self,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+        offset: int,
+        total: int,
+        stop_fraction: float | None,
+    ):
         self.progress, self.cancel = progress, cancel
         self.offset, self.total, self.stop_fraction = offset, total, stop_fraction
         self.steps = 0
@@ -100,14 +111,24 @@ class Runner:
         self.settings = settings
         self.cache = cache or ModelCache(settings)
 
-    def generate(self, request: GenerationRequest, *, progress: Progress | None = None,
-                 cancel: threading.Event | None = None) -> list[Artifact]:
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Artifact]:
         """Resolve ``request`` against its engine, then ``run`` it."""
         engine = self.registry.get(request.engine_id)
         return self.run(resolve(request, engine), progress=progress, cancel=cancel)
 
-    def run(self, request: GenerationRequest, *, progress: Progress | None = None,
-            cancel: threading.Event | None = None) -> list[Artifact]:
+    def run(
+        self,
+        request: GenerationRequest,
+        *,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Artifact]:
         """Generate ``request.samples`` artifacts (PNG, ``index`` 0.., ``seed`` per sample)."""
         engine = self.registry.get(request.engine_id)
         loaded = self.cache.get(engine)
@@ -128,8 +149,13 @@ class Runner:
         ]
 
     # -- diffusion tasks ---------------------------------------------------------------------
-    def _diffuse(self, loaded: LoadedEngine, req: GenerationRequest, progress: Progress | None,
-                 cancel: threading.Event | None) -> list[Image.Image]:
+    def _diffuse(
+        self,
+        loaded: LoadedEngine,
+        req: GenerationRequest,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> list[Image.Image]:
         engine, base = loaded.engine, loaded.pipeline
         cls = _task_pipeline_class(engine.family, req.task)
         assert req.sampler is not None and req.steps is not None
@@ -141,7 +167,9 @@ class Runner:
         prompts = apply_style_preset(req.style_preset, req.prompts)
         cond = encode_prompts(pipe, engine.family, prompts, device=loaded.device, dtype=loaded.dtype)
 
-        kwargs: dict[str, Any] = dict(num_inference_steps=req.steps, guidance_scale=req.cfg_scale, output_type="pil")
+        kwargs: dict[str, Any] = dict(
+            num_inference_steps=req.steps, guidance_scale=req.cfg_scale, output_type="pil"
+        )
         init = mask = None
         if req.task == Task.TEXT_TO_IMAGE:
             kwargs.update(width=req.width, height=req.height)
@@ -159,14 +187,19 @@ class Runner:
 
         seeds = sample_seeds(req.seed, req.samples)
         batch = self.settings.runner.max_batch
-        chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
+        chunks = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
         per_chunk = self._expected_steps(req)
         images: list[Image.Image] = []
         for n, chunk in enumerate(chunks):
             hook = _StepHook(progress, cancel, n * per_chunk, len(chunks) * per_chunk, stop_fraction)
             generators = [torch.Generator(loaded.device).manual_seed(s) for s in chunk]
-            out = pipe(**cond, **kwargs, num_images_per_prompt=len(chunk), generator=generators,
-                       callback_on_step_end=hook.on_step_end)
+            out = pipe(
+                **cond,
+                **kwargs,
+                num_images_per_prompt=len(chunk),
+                generator=generators,
+                callback_on_step_end=hook.on_step_end,
+            )
             images.extend(out.images)
         if mask is not None and init is not None:
             images = [composite(init, img, mask) for img in images]
@@ -180,8 +213,13 @@ class Runner:
         return steps
 
     # -- upscaling ---------------------------------------------------------------------------
-    def _upscale(self, loaded: LoadedEngine, req: GenerationRequest, progress: Progress | None,
-                 cancel: threading.Event | None) -> list[Image.Image]:
+    def _upscale(
+        self,
+        loaded: LoadedEngine,
+        req: GenerationRequest,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> list[Image.Image]:
         assert req.init_image is not None and req.width and req.height
         image = to_rgb(decode_image(req.init_image.data, param="init_image"))
         if loaded.upscaler is not None:
@@ -193,11 +231,21 @@ class Runner:
             outs = [out] * req.samples
         else:
             outs = self._latent_upscale(loaded, req, image, progress, cancel)
-        return [o if o.size == (req.width, req.height) else o.resize((req.width, req.height), Image.Resampling.LANCZOS)
-                for o in outs]
+        return [
+            o
+            if o.size == (req.width, req.height)
+            else o.resize((req.width, req.height), Image.Resampling.LANCZOS)
+            for o in outs
+        ]
 
-    def _latent_upscale(self, loaded: LoadedEngine, req: GenerationRequest, image: Image.Image,
-                        progress: Progress | None, cancel: threading.Event | None) -> list[Image.Image]:
+    def _latent_upscale(
+        self,
+        loaded: LoadedEngine,
+        req: GenerationRequest,
+        image: Image.Image,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> list[Image.Image]:
         engine, base = loaded.engine, loaded.pipeline
         assert req.sampler is not None and req.steps is not None
         scheduler = make_noise_scheduler(req.sampler, base.scheduler.config, engine.family, req.seed)
@@ -206,15 +254,23 @@ class Runner:
         prompts = apply_style_preset(req.style_preset, req.prompts)
         cond: dict[str, Any] = (
             encode_prompts(pipe, engine.family, prompts, device=loaded.device, dtype=loaded.dtype)
-            if prompts else {"prompt": ""}
+            if prompts
+            else {"prompt": ""}
         )
         images = []
         total = req.samples * req.steps
         for i, seed in enumerate(sample_seeds(req.seed, req.samples)):
             hook = _StepHook(progress, cancel, i * req.steps, total, None)
-            out = pipe(**cond, image=image, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
-                       generator=torch.Generator(loaded.device).manual_seed(seed), output_type="pil",
-                       callback=hook.legacy, callback_steps=1)
+            out = pipe(
+                **cond,
+                image=image,
+                num_inference_steps=req.steps,
+                guidance_scale=req.cfg_scale,
+                generator=torch.Generator(loaded.device).manual_seed(seed),
+                output_type="pil",
+                callback=hook.legacy,
+                callback_steps=1,
+            )
             images.append(out.images[0])
         return images
 
