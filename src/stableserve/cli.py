@@ -30,8 +30,8 @@ models_app = typer.Typer(help="Manage model weights.", no_args_is_help=True)
 app.add_typer(engines_app, name="engines")
 app.add_typer(models_app, name="models")
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 EnginesOpt = Annotated[
     str | None,

@@ -175,6 +175,17 @@ def readiness(engine: EngineSpec, settings: Settings) -> Readiness:
     return Readiness(True, str(path))
 
 
+def _absent_components(folder: Path) -> dict[str, None]:
+    """Optional components a diffusers folder lists as null (e.g. SD3 without T5), passed as None."""
+    import json
+
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return {}
+    entries = json.loads(index.read_text())
+    return {k: None for k, v in entries.items() if isinstance(v, list) and v == [None, None]}
+
+
 def _nbytes(modules: list[torch.nn.Module]) -> int:
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
@@ -208,6 +219,7 @@ def load_engine(engine: EngineSpec, settings: Settings, device: torch.device | N
     else:
         if src.variant and src.kind == "hf":
             kwargs["variant"] = src.variant
+        kwargs.update(_absent_components(location))
         pipe = cls.from_pretrained(str(location), **kwargs)
     if device.type != "cpu":
         pipe = pipe.to(device)

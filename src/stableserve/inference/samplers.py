@@ -56,21 +56,38 @@ class SamplerSpec:
     - ``scheduler``: the diffusers scheduler class.
     - ``k_diffusion``: the k-diffusion function (and A1111 name) it corresponds to.
     - ``overrides``: config keys forced on top of the base config (the sampler's own options).
-    - ``seeded``: ``{name: ...}`` keys that receive the request seed (stochastic samplers whose
-      noise does not come from the pipeline's ``generator``).
+    - ``defaults``: config keys used only when the base config lacks them (e.g. a DDIM built from
+      an Euler or PNDM config, which has no ``set_alpha_to_one``).
+    - ``seeded``: config keys set to the request seed (stochastic samplers whose noise does not
+      come from the pipeline's ``generator``).
     - ``note``: where diffusers differs from k-diffusion.
     """
 
     scheduler: type[SchedulerMixin]
     k_diffusion: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
     seeded: tuple[str, ...] = ()
     note: str = ""
 
 
+_LATENT = {"clip_sample": False}
+# Latent diffusion: never clip the predicted x0 to [-1, 1]. The scheduler classes default to True
+# and configs of other schedulers (PNDM, Euler) do not carry the key; diffusers' SD pipelines
+# patch it in their constructor only, SDXL's do not.
+
 DIFFUSION_SAMPLERS: Mapping[Sampler, SamplerSpec] = {
-    Sampler.DDIM: SamplerSpec(DDIMScheduler, "DDIM (eta=0; A1111 'DDIM', not a k-diffusion sampler)"),
-    Sampler.DDPM: SamplerSpec(DDPMScheduler, "ancestral DDPM (A1111 'DDPM'; needs many steps)"),
+    Sampler.DDIM: SamplerSpec(
+        DDIMScheduler,
+        "DDIM, eta=0 (A1111 'DDIM'; not a k-diffusion sampler)",
+        overrides=_LATENT,
+        defaults={"set_alpha_to_one": False},  # as every Stable Diffusion DDIM config
+    ),
+    Sampler.DDPM: SamplerSpec(
+        DDPMScheduler,
+        "ancestral DDPM (A1111 'DDPM'; not a k-diffusion sampler; needs many steps)",
+        overrides=_LATENT,
+    ),
     Sampler.K_EULER: SamplerSpec(EulerDiscreteScheduler, "k_diffusion.sampling.sample_euler ('Euler')"),
     Sampler.K_EULER_ANCESTRAL: SamplerSpec(
         EulerAncestralDiscreteScheduler, "k_diffusion.sampling.sample_euler_ancestral ('Euler a')"
@@ -119,11 +136,19 @@ assert set(DIFFUSION_SAMPLERS) == set(Sampler), "every Sampler needs a diffusion
 
 
 def _table(family: Family) -> Mapping[Sampler, SamplerSpec]:
-    return FLOW_SAMPLERS if family in FLOW_MATCHING_FAMILIES else DIFFUSION_SAMPLERS
+    if family in FLOW_MATCHING_FAMILIES:
+        return FLOW_SAMPLERS
+    if family == Family.UPSCALER_ESRGAN:  # a feed-forward network: no noise schedule at all
+        return {}
+    return DIFFUSION_SAMPLERS
 
 
 def supported_samplers(family: Family) -> tuple[Sampler, ...]:
-    """Samplers ``make_noise_scheduler`` accepts for ``family``, in enum order."""
+    """Samplers ``make_noise_scheduler`` accepts for ``family``, in enum order.
+
+    All eleven for noise-prediction families, (K_EULER, K_HEUN) for flow matching, none for
+    ESRGAN (the same answer as ``EngineSpec.supported_samplers``).
+    """
     table = _table(family)
     return tuple(s for s in Sampler if s in table)
 
@@ -142,19 +167,20 @@ def make_noise_scheduler(
     A fresh scheduler is returned on every call (schedulers hold per-run state).
 
     Raises ``InvalidRequest`` (``code="invalid_sampler"``, ``param="sampler"``) when the family
-    has no scheduler for the sampler (flow matching: only K_EULER and K_HEUN).
+    has no scheduler for the sampler (flow matching: only K_EULER and K_HEUN; ESRGAN: none).
     """
     table = _table(family)
     spec = table.get(Sampler(sampler))
     if spec is None:
-        allowed = ", ".join(s.value for s in table)
+        allowed = ", ".join(s.value for s in table) or "none (this engine takes no sampler)"
         raise InvalidRequest(
             f"sampler {Sampler(sampler).value} is not supported by {family.value} engines; "
             f"use one of: {allowed}",
             code="invalid_sampler",
             param="sampler",
         )
-    overrides: dict[str, Any] = dict(spec.overrides)
+    overrides: dict[str, Any] = {k: v for k, v in spec.defaults.items() if k not in base_config}
+    overrides.update(spec.overrides)
     for key in spec.seeded:
         overrides[key] = int(seed)
     factory: Callable[..., SchedulerMixin] = spec.scheduler.from_config
