@@ -55,3 +55,35 @@ class GenerationFailed(StableServeError):
     """The pipeline raised while generating (HTTP 500 ``server_error``); no credit is charged."""
 
     code = "server_error"
+
+
+class Unauthorized(StableServeError):
+    """Missing, unknown or revoked API key (HTTP 401 ``unauthorized``)."""
+
+    code = "unauthorized"
+
+
+class PermissionDenied(StableServeError):
+    """The key may not act for the requested organization (HTTP 403 ``permission_denied``)."""
+
+    code = "permission_denied"
+
+
+class InsufficientCredits(StableServeError):
+    """The organization's balance does not cover the request's price; raised before any work.
+
+    ``needed`` and ``balance`` are credits.
+    """
+
+    code = "insufficient_credits"
+
+    def __init__(self, message: str, *, needed: float = 0.0, balance: float = 0.0):
+        super().__init__(message)
+        self.needed = needed
+        self.balance = balance
+
+
+class Overloaded(StableServeError):
+    """Admission control refused new work (queue full); retry later (HTTP 503)."""
+
+    code = "overloaded"

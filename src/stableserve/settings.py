@@ -33,6 +33,14 @@ class RunnerSettings(BaseModel):
     device: str = "auto"
 
 
+class JobSettings(BaseModel):
+    """Job execution. ``workers``: LocalExecutor worker processes (1..64); ``max_queue``: queued
+    jobs accepted before new work is refused (admission control)."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    max_queue: int = Field(default=256, ge=1)
+
+
 class Settings(BaseSettings):
     """Root settings.
 
@@ -41,14 +49,26 @@ class Settings(BaseSettings):
     - ``engines``: which engine registry to serve: ``demo`` (tiny offline pipelines, the
       default), ``public`` (the shipped registry of real public weights) or a path to a YAML
       registry file.
+    - ``database_url``: SQLAlchemy URL; default a SQLite file ``<home>/stableserve.db``;
+      PostgreSQL as ``postgresql+psycopg://user@host/db``.
+    - ``secret_key``: server secret for the keyed hash of API keys; default: generated once
+      and kept in ``<home>/secret.key``.
     """
 
     model_config = SettingsConfigDict(env_prefix="STABLESERVE_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default_factory=lambda: Path.home() / ".stableserve")
     engines: str = "demo"
+    database_url: str | None = None
+    secret_key: str | None = None
     model_cache: ModelCacheSettings = ModelCacheSettings()
+    jobs: JobSettings = JobSettings()
     runner: RunnerSettings = RunnerSettings()
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in force (``database_url`` or the SQLite file in ``home``)."""
+        return self.database_url or f"sqlite:///{self.home / 'stableserve.db'}"
 
     @property
     def models_dir(self) -> Path:
