@@ -17,13 +17,17 @@ What is kept from the real models:
 - scheduler classes and their beta schedules, ``prediction_type`` (v-prediction for SD2-768 and
   the x4 upscaler), flow-matching shift 3.0 for SD3;
 - UNet ``sample_size`` (hence the pipelines' default size), SDXL's micro-conditioning
-  (``text_time``), SD3's missing-T5 path, the x4 upscaler's 7-channel UNet with noise-level
+  (``text_time``), SD3's three text encoders (CLIP-L, CLIP-G and T5, whose width the joint
+  attention takes), the x4 upscaler's 7-channel UNet with noise-level
   class embeddings, the inpainting 9-channel UNet, Real-ESRGAN x2plus's pixel-unshuffle input.
 
 No CLIP vocabulary can be downloaded, so a deterministic byte-level BPE vocabulary is generated
 here (CLIP's ``bytes_to_unicode`` alphabet, each symbol also with ``</w>``, merges learned from
 a built-in list of common prompt words, then ``<|startoftext|>`` / ``<|endoftext|>`` last as
-in CLIP).
+in CLIP), and likewise a small Unigram vocabulary for SD3's T5 tokenizer.
+
+What differs, for CPU speed: UNets attend one level lower than the real ones (never at full
+latent resolution), transformer/encoder depths are 1-2 layers, widths 8-128.
 
 Pipelines are cached under ``<home>/demo/<family>-<DEMO_VERSION>`` (``ensure_demo_pipeline``);
 bump ``DEMO_VERSION`` whenever a configuration, seed or the vocabulary changes.
@@ -36,7 +40,6 @@ import json
 import os
 import shutil
 import tempfile
-
 from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -81,7 +84,7 @@ _SEEDS: dict[Family, int] = {
 
 # Words the BPE merges are learned from: each becomes a single token (plus "</w>"); any other
 # word is split into known sub-words or single bytes, as CLIP does for rare words.
-_PROMPT_WORDS = """
+_PROMPT_TEXT = """
 a an the of on in at by with and or to from for over under above below near inside outside
 photo photograph picture painting drawing illustration sketch render portrait landscape closeup
 lighthouse cliff sea ocean beach wave waves sky cloud clouds sun sunset sunrise moon star stars
@@ -95,13 +98,18 @@ realistic photorealistic hyperrealistic digital art artstation concept oil water
 trending quality best masterpiece ultra high resolution 4k 8k hdr bokeh lens wide angle
 blurry ugly deformed bad low worst extra missing text watermark signature cropped
 vibrant soft warm cold old new small large big tiny giant little happy sad cute
-""".split()
+"""
+_PROMPT_WORDS = _PROMPT_TEXT.split()
 
 
 @lru_cache(maxsize=1)
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP/GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -211,6 +219,35 @@ def _clip_config(hidden: int, layers: int, heads: int, projection_dim: int):
     )
 
 
+T5_MAX_TOKENS = 512
+"""T5 tokenizer context (SD3's pipeline asks for ``max_sequence_length`` = 256 of them)."""
+
+
+def demo_t5_vocabulary() -> list[tuple[str, float]]:
+    """The demo T5 (SentencePiece-style Unigram) vocabulary: ``(piece, log-probability)`` pairs.
+
+    ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2 as in T5, then ``▁`` (word start), one
+    ``▁word`` piece per built-in prompt word (score -5) and every printable ASCII character
+    (score -10), so known words are one token and others fall back to characters.
+    """
+    import string
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -5.0) for w in sorted(set(_PROMPT_WORDS))]
+    vocab += [
+        (c, -10.0)
+        for c in string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
+    ]
+    return vocab
+
+
+def _t5_tokenizer():
+    """A ``T5Tokenizer`` (tokenizers-backed in transformers 5) over ``demo_t5_vocabulary``."""
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=demo_t5_vocabulary(), extra_ids=0, model_max_length=T5_MAX_TOKENS)
+
+
 # ---------------------------------------------------------------------------------------------
 # Components
 
@@ -253,18 +290,22 @@ def _sd_unet(seeds: _Seeds, *, sample_size: int, sd2: bool, in_channels: int = 4
         in_channels=in_channels,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        # SD's four levels (attention, then none at the lowest), shifted down one level: real
+        # SD also attends at full latent resolution, which on CPU would triple the time.
+        block_out_channels=(32, 32, 64, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         # SD1 gives one head count for all blocks; SD2 one per block and linear projections.
-        attention_head_dim=(2, 4) if sd2 else 2,
+        attention_head_dim=(2, 2, 4, 4) if sd2 else 2,
         use_linear_projection=sd2,
         norm_num_groups=32,
     )
 
 
-def _text_encoder(seeds: _Seeds, *, hidden: int = 32, projection_dim: int = 32, with_projection: bool = False):
+def _text_encoder(
+    seeds: _Seeds, *, hidden: int = 32, projection_dim: int = 32, with_projection: bool = False
+):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     seeds.next()
@@ -274,7 +315,12 @@ def _text_encoder(seeds: _Seeds, *, hidden: int = 32, projection_dim: int = 32, 
 
 
 def _sd_betas() -> dict[str, Any]:
-    return {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+    return {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+    }
 
 
 def _build_sd(family: Family, seeds: _Seeds):
@@ -327,18 +373,20 @@ def _build_sdxl(family: Family, seeds: _Seeds):
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        transformer_layers_per_block=(1, 2),
+        # SDXL attends on all but the top level; here on the lower two of four levels, with two
+        # transformer layers at the lowest (SDXL: 2 and 10), to keep 1024x1024 affordable on CPU.
+        block_out_channels=(16, 32, 64, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        attention_head_dim=(1, 2, 4, 4),
+        transformer_layers_per_block=(1, 1, 1, 2),
         use_linear_projection=True,
         cross_attention_dim=hidden_1 + hidden_2,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         # 6 micro-conditioning numbers (original size, crop, target size) + pooled text embeds
         projection_class_embeddings_input_dim=6 * time_dim + projection_2,
-        norm_num_groups=32,
+        norm_num_groups=16,
     )
     vae = _sd_vae(seeds, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
     text_encoder = _text_encoder(seeds, hidden=hidden_1)
@@ -366,8 +414,9 @@ def _build_sdxl(family: Family, seeds: _Seeds):
 
 def _build_sd3(family: Family, seeds: _Seeds):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import T5Config, T5EncoderModel
 
-    hidden_1, hidden_2 = 32, 64  # CLIP-L / CLIP-G stand-ins, projection dim = hidden as in SD3
+    hidden_1, hidden_2, hidden_3 = 32, 64, 128  # CLIP-L, CLIP-G, T5 stand-ins (768, 1280, 4096)
     seeds.next()
     transformer = SD3Transformer2DModel(
         sample_size=128,
@@ -375,13 +424,13 @@ def _build_sd3(family: Family, seeds: _Seeds):
         in_channels=16,
         out_channels=16,
         num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        # T5's width in the real model (4096 > 768 + 1280); CLIP embeddings are zero-padded to it.
-        joint_attention_dim=128,
-        caption_projection_dim=32,
+        attention_head_dim=16,  # 8-wide heads would run 2.5x slower in CPU SDPA
+        num_attention_heads=2,
+        # T5's width; the CLIP embeddings (32 + 64 wide) are zero-padded to it as in SD3.
+        joint_attention_dim=hidden_3,
+        caption_projection_dim=32,  # = heads * head dim, as in SD3
         pooled_projection_dim=hidden_1 + hidden_2,
-        pos_embed_max_size=192,
+        pos_embed_max_size=192,  # SD3-medium's: latent sides up to 384 (3072 pixels)
     )
     vae = _sd_vae(
         seeds,
@@ -394,6 +443,22 @@ def _build_sd3(family: Family, seeds: _Seeds):
     )
     text_encoder = _text_encoder(seeds, hidden=hidden_1, projection_dim=hidden_1, with_projection=True)
     text_encoder_2 = _text_encoder(seeds, hidden=hidden_2, projection_dim=hidden_2, with_projection=True)
+    seeds.next()
+    text_encoder_3 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(demo_t5_vocabulary()),
+            d_model=hidden_3,
+            d_kv=32,
+            d_ff=2 * hidden_3,
+            num_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",  # T5 v1.1, as SD3's t5-v1_1-xxl
+            dropout_rate=0.0,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    ).eval()
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
@@ -402,8 +467,8 @@ def _build_sd3(family: Family, seeds: _Seeds):
         tokenizer=_tokenizer(),
         text_encoder_2=text_encoder_2,
         tokenizer_2=_tokenizer(),
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=_t5_tokenizer(),
     )
 
 
@@ -416,15 +481,17 @@ def _build_latent_upscaler(family: Family, seeds: _Seeds):
         in_channels=7,  # 4 latent + 3 low-resolution image channels
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        only_cross_attention=(True, True, False),
-        attention_head_dim=8,
+        # The x4 upscaler attends on its lower three levels, cross-attention only except at the
+        # lowest; here on the lower two of four (latents are 128x128 for a 128x128 input).
+        block_out_channels=(16, 32, 64, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        only_cross_attention=(True, True, True, False),
+        attention_head_dim=4,
         use_linear_projection=True,
         cross_attention_dim=32,
         num_class_embeds=1000,  # noise level 0..max_noise_level of the low-resolution image
-        norm_num_groups=32,
+        norm_num_groups=16,
     )
     vae = _sd_vae(seeds, blocks=3, sample_size=512, scaling_factor=0.08333)
     text_encoder = _text_encoder(seeds)
@@ -469,7 +536,8 @@ def _build_esrgan(dest: Path, seeds: _Seeds) -> None:
     model = esrgan_demo_model()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     dest.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(dest / ESRGAN_WEIGHTS), metadata={"format": "pt", "stableserve_demo": DEMO_VERSION})
+    # One metadata key only: safetensors writes a multi-key header in hash order (not reproducible).
+    save_file(state, str(dest / ESRGAN_WEIGHTS), metadata={"format": "pt"})
 
 
 _PIPELINE_BUILDERS: dict[Family, Callable[[Family, _Seeds], Any]] = {
@@ -489,6 +557,20 @@ def _isolated_rng() -> Iterator[None]:
     """Seeding inside does not disturb the caller's CPU RNG; components are built on CPU."""
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         yield
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """No "Writing model shards" bars from transformers while saving; restores the setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def build_demo_pipeline(family: Family, dest: Path) -> None:
@@ -513,7 +595,8 @@ def build_demo_pipeline(family: Family, dest: Path) -> None:
         if builder is None:  # pragma: no cover - every Family member is mapped
             raise ValueError(f"no demo pipeline for family {family!r}")
         pipe = builder(family, seeds)
-        pipe.save_pretrained(str(dest), safe_serialization=True)
+        with _quiet_progress_bars():
+            pipe.save_pretrained(str(dest), safe_serialization=True)
 
 
 def _is_complete(folder: Path, family: Family) -> bool:
@@ -546,8 +629,8 @@ def ensure_demo_pipeline(family: Family, root: Path) -> Path:
     is used. ``root`` is created if missing. Building takes a few seconds on CPU.
     """
     family = Family(family)
-    root = Path(root).expanduser()
-    final = root / f"{family.value}-{DEMO_VERSION}"
+    final = demo_folder(family, root)
+    root = final.parent
     if _is_complete(final, family):
         return final
     root.mkdir(parents=True, exist_ok=True)
@@ -562,6 +645,7 @@ def ensure_demo_pipeline(family: Family, root: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
         try:
             build_demo_pipeline(family, tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; the server may run as another user
             try:
                 os.rename(tmp, final)  # atomic; fails if `final` appeared meanwhile
             except OSError:
@@ -576,5 +660,3 @@ def ensure_demo_pipeline(family: Family, root: Path) -> Path:
 def demo_folder(family: Family, root: Path) -> Path:
     """Where ``ensure_demo_pipeline`` keeps ``family``'s demo pipeline (may not exist yet)."""
     return Path(root).expanduser() / f"{Family(family).value}-{DEMO_VERSION}"
-
-
