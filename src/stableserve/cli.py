@@ -234,3 +234,14 @@ def models_pull(
     except StableServeError as exc:
         raise _fail(exc.message) from None
     out.print(f"{engine} is ready: {location}", highlight=False)
+
+# -- server commands (stableserve.cli_server) ------------------------------------------------
+from stableserve.cli_server import dev_setup, serve  # noqa: E402
+
+app.command()(serve)
+app.command("dev-setup")(dev_setup)
+
+
+from stableserve.cli_accounts import register_accounts  # noqa: E402
+
+register_accounts(app)

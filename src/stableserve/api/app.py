@@ -1,0 +1,151 @@
+"""``build_app(settings)``: the FastAPI application with every protocol router, error handlers and lifespan.
+
+Errors are rendered in the shape of the protocol a path belongs to (REST v1 family:
+``{"id", "name", "message"}``); the ``id`` is unique per request and appears in the server's
+log line for that request (and in the ``x-request-id`` response header).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from stableserve import __version__
+from stableserve.api.deps import AppState
+from stableserve.api.errors import HttpError, http_error, new_request_id
+from stableserve.api.rest_v1.router import build_router
+from stableserve.api.service import GenerationService
+from stableserve.core.engines import EngineRegistry, load_registry
+from stableserve.errors import StableServeError
+from stableserve.settings import Settings
+
+log = logging.getLogger("stableserve.api")
+
+
+def _v1_body(request: Request, err: HttpError) -> JSONResponse:
+    rid = getattr(request.state, "request_id", None) or new_request_id()
+    headers = {"x-request-id": rid, **(err.headers or {})}
+    return JSONResponse(
+        {"id": rid, "name": err.name, "message": err.message}, status_code=err.status, headers=headers
+    )
+
+
+def render_error(request: Request, err: HttpError) -> JSONResponse:
+    """The error response for ``request``'s protocol (REST v1 family for now)."""
+    return _v1_body(request, err)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StableServeError)
+    async def domain_error(request: Request, exc: StableServeError):
+        err = http_error(exc)
+        log.info(
+            "request %s %s -> %s %s: %s",
+            getattr(request.state, "request_id", "-"),
+            request.url.path,
+            err.status,
+            err.name,
+            err.message,
+        )
+        return render_error(request, err)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first["loc"] if p not in ("body", "path", "query", "header"))
+        return render_error(request, HttpError(400, "bad_request", f"{field or 'body'}: {first['msg']}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_exception(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return render_error(request, HttpError(404, "not_found", f"{request.url.path}: not found"))
+        if exc.status_code == 405:
+            return render_error(
+                request, HttpError(405, "bad_request", f"method {request.method} not allowed")
+            )
+        return render_error(request, HttpError(exc.status_code, "bad_request", str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.error(
+            "request %s %s failed: %s",
+            getattr(request.state, "request_id", "-"),
+            request.url.path,
+            "".join(traceback.format_exception(exc)),
+        )
+        return render_error(request, http_error(exc))
+
+
+def _install_middleware(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        rid = new_request_id()
+        request.state.request_id = rid
+        start = time.perf_counter()
+        response = await call_next(request)
+        response.headers.setdefault("x-request-id", rid)
+        client = request.headers.get("stability-client-id")
+        version = request.headers.get("stability-client-version")
+        log.info(
+            "request %s %s %s -> %d in %.1f ms%s",
+            rid,
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - start) * 1000,
+            f" client={client}/{version or '-'}" if client or version else "",
+        )
+        return response
+
+
+def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job_client=None) -> FastAPI:
+    """The application. ``registry`` defaults to ``settings.engines``; ``job_client`` to a
+    ``JobClient`` over a ``LocalExecutor`` (started and stopped with the app's lifespan)."""
+    from stableserve.accounts.keys import server_secret
+    from stableserve.db.session import session_factory
+
+    registry = registry or load_registry(settings.engines)
+    sessions = session_factory(settings)
+    if job_client is None:
+        from stableserve.jobs.client import JobClient
+        from stableserve.jobs.local import LocalExecutor
+
+        job_client = JobClient(
+            settings, sessions, lambda on_event: LocalExecutor(settings, settings.engines, on_event)
+        )
+    state = AppState(
+        settings=settings,
+        registry=registry,
+        sessions=sessions,
+        secret=server_secret(settings),
+        jobs=job_client,
+        service=GenerationService(settings, registry, job_client),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await job_client.start()
+        try:
+            yield
+        finally:
+            await job_client.stop()
+
+    app = FastAPI(
+        title="stableserve",
+        version=__version__,
+        description="Self-hosted Stability AI Platform API (REST v1 family) on open diffusion models.",
+        lifespan=lifespan,
+    )
+    app.state.stableserve = state
+    _install_handlers(app)
+    _install_middleware(app)
+    for flavor in ("v1", "v1beta", "v1alpha"):
+        app.include_router(build_router(flavor), prefix=f"/{flavor}")
+    return app

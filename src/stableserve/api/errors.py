@@ -1,0 +1,77 @@
+"""Request ids and the mapping of domain errors to HTTP statuses, shared by every HTTP adapter.
+
+Each protocol renders the body in its own shape (v1: ``{id, name, message}``, v2:
+``{id, name, errors}``); the status and the error *name* come from here so a feature's
+errors are decided once. Names follow CONTRACT.md §2.6 / §3.1.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from stableserve import errors as e
+
+V1_400_NAMES = frozenset(
+    {
+        "bad_request",
+        "invalid_samples",
+        "invalid_height_or_width",
+        "invalid_file_size",
+        "invalid_mime_type",
+        "invalid_image_dimensions",
+        "invalid_mask_image",
+        "invalid_prompts",
+        "invalid_pixel_count",
+        "invalid_sdxl_v222_dimensions",
+        "invalid_sdxl_v1_dimensions",
+    }
+)
+"""The 400 names of the v1 contract; any other InvalidRequest code is reported as ``bad_request``."""
+
+SERVER_ERROR_MESSAGE = "An unexpected server error occurred, please try again."
+
+
+def new_request_id() -> str:
+    """A fresh error/request id: 32 lowercase hex characters (as Stability's live ids)."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class HttpError:
+    """What an adapter needs to answer an error: HTTP ``status``, error ``name``, ``message``,
+    and extra response ``headers`` (e.g. ``Retry-After``)."""
+
+    status: int
+    name: str
+    message: str
+    headers: dict[str, str] | None = None
+
+
+def http_error(exc: Exception) -> HttpError:
+    """Map a domain error (or anything else) to status, name and message.
+
+    InvalidRequest 400 (its code when the contract knows it, else ``bad_request``), Unauthorized
+    401, PermissionDenied 403, NotFound 404, InsufficientCredits 402 ``insufficient_credits``,
+    EngineNotReady 503 ``engine_not_ready``, Overloaded 503 ``overloaded`` (Retry-After 5),
+    GenerationCancelled 499-like 400 ``cancelled``, anything else 500 ``server_error`` with a
+    generic message (the details only go to the log).
+    """
+    if isinstance(exc, e.InvalidRequest):
+        name = exc.code if exc.code in V1_400_NAMES else "bad_request"
+        return HttpError(400, name, exc.message)
+    if isinstance(exc, e.Unauthorized):
+        return HttpError(401, "unauthorized", exc.message)
+    if isinstance(exc, e.PermissionDenied):
+        return HttpError(403, "permission_denied", exc.message)
+    if isinstance(exc, e.NotFound):
+        return HttpError(404, "not_found", exc.message)
+    if isinstance(exc, e.InsufficientCredits):
+        return HttpError(402, "insufficient_credits", exc.message)
+    if isinstance(exc, e.EngineNotReady):
+        return HttpError(503, "engine_not_ready", exc.message, {"Retry-After": "60"})
+    if isinstance(exc, e.Overloaded):
+        return HttpError(503, "overloaded", exc.message, {"Retry-After": "5"})
+    if isinstance(exc, e.GenerationCancelled):
+        return HttpError(400, "cancelled", exc.message)
+    return HttpError(500, "server_error", SERVER_ERROR_MESSAGE)

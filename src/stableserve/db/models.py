@@ -1,0 +1,172 @@
+"""The tables (SQLAlchemy 2 typed ORM). ``migrations/versions/0001_initial.py`` creates them.
+
+Ids are strings with a readable prefix: ``org-`` + 24 hex, ``user-`` + 24 hex, ``key-`` + 16
+hex; job ids are 64 lowercase hex chars. Times are aware UTC datetimes; credit amounts are
+``Decimal`` with 6 decimals (``Numeric(18, 6)``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from stableserve.db.base import Base, Credits, UTCDateTime, utcnow
+
+#: Membership roles (Stability's ``OrganizationMembership.role``).
+ROLES = ("OWNER", "MEMBER", "ACCOUNTANT")
+#: Ledger entry kinds and the sign of their amount: grant +N, reserve -N, capture 0, release +N.
+LEDGER_KINDS = ("grant", "reserve", "capture", "release")
+#: Job states.
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def new_org_id() -> str:
+    """``org-`` + 24 lowercase hex chars."""
+    return "org-" + secrets.token_hex(12)
+
+
+def new_user_id() -> str:
+    """``user-`` + 24 lowercase hex chars."""
+    return "user-" + secrets.token_hex(12)
+
+
+def new_key_id() -> str:
+    """``key-`` + 16 lowercase hex chars."""
+    return "key-" + secrets.token_hex(8)
+
+
+def new_job_id() -> str:
+    """64 lowercase hex chars (``secrets.token_hex(32)``)."""
+    return secrets.token_hex(32)
+
+
+class Organization(Base):
+    """A tenant: owns API keys, a credits ledger and jobs. ``name`` is unique, 1..100 chars."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_org_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Organization(id={self.id!r}, name={self.name!r})"
+
+
+class User(Base):
+    """A person (or service) identified by a unique email; belongs to organizations."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_user_id)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"User(id={self.id!r}, email={self.email!r})"
+
+
+class Membership(Base):
+    """A user's role in an organization (``OWNER``/``MEMBER``/``ACCOUNTANT``).
+
+    ``is_default``: the organization a user's requests act for when nothing else says.
+    """
+
+    __tablename__ = "memberships"
+    __table_args__ = (CheckConstraint("role IN ('OWNER', 'MEMBER', 'ACCOUNTANT')", name="role"),)
+
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id"), primary_key=True)
+    org_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("organizations.id"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    is_default: Mapped[bool] = mapped_column(default=False)
+
+    def __repr__(self) -> str:
+        return f"Membership(user_id={self.user_id!r}, org_id={self.org_id!r}, role={self.role!r})"
+
+
+class ApiKey(Base):
+    """An API key. Only ``secret_hash`` (hex HMAC-SHA256 of the full ``sk-...`` secret keyed
+    with the server secret) is stored; ``prefix`` is the 7 chars after ``sk-``, for display
+    and lookup. ``org_id`` is the organization the key was created for (its default)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_key_id)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id"))
+    org_id: Mapped[str] = mapped_column(String(32), ForeignKey("organizations.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"ApiKey(id={self.id!r}, org_id={self.org_id!r}, prefix={self.prefix!r})"
+
+
+class LedgerEntry(Base):
+    """One credits movement of an organization (append-only).
+
+    ``amount`` is signed: grant +N, reserve -N, capture 0 (makes the reserve final), release
+    +N (gives the reserve back). The balance is the sum of amounts. UNIQUE(job_id, kind): a job
+    has at most one reserve, one capture and one release (grants have no job).
+    """
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("job_id", "kind"),
+        CheckConstraint("kind IN ('grant', 'reserve', 'capture', 'release')", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    org_id: Mapped[str] = mapped_column(String(32), ForeignKey("organizations.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal] = mapped_column(Credits)
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"LedgerEntry(id={self.id}, kind={self.kind!r}, amount={self.amount}, job_id={self.job_id!r})"
+
+
+class Job(Base):
+    """A generation job (the jobs package owns its state machine; this is only the row).
+
+    ``state``: one of ``JOB_STATES``; ``request_json``: the ``GenerationRequest`` as JSON;
+    ``price``: credits reserved for it; ``attempt``: executions started so far.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state_created_at", "state", "created_at"),
+        Index("ix_jobs_org_id_created_at", "org_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_job_id)
+    org_id: Mapped[str] = mapped_column(String(32), ForeignKey("organizations.id"))
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    engine_id: Mapped[str] = mapped_column(String(128))
+    task: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    request_json: Mapped[str] = mapped_column(Text)
+    price: Mapped[Decimal] = mapped_column(Credits)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    result_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, state={self.state!r}, engine_id={self.engine_id!r})"
