@@ -1,5 +1,5 @@
 # stableserve: two commands on a fresh clone.
-#   make run   - create .venv, install, generate an image offline on a demo engine
+#   make run   - create .venv, install, migrate, make a dev org + API key, serve the API on demo engines
 #   make test  - create .venv with dev extras, run the whole suite
 #
 # torch: the CPU build 2.13.0 lies on these machines' disk (pip finds it); set TORCH_SPEC
@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 SPANDREL_SPEC ?= spandrel==0.4.2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench clean install
+.PHONY: run generate test lint bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+PORT ?= 8000
+
 run: $(STAMP)
+	$(BIN)/stableserve dev-setup --port $(PORT)
+	$(BIN)/stableserve serve --engines demo --port $(PORT)
+
+# Offline, without the server: one image through the runner.
+generate: $(STAMP)
 	$(BIN)/stableserve generate "A lighthouse on a cliff at sunset" --engine stable-diffusion-v1-5 \
 		--seed 42 --steps 20 -o out/lighthouse.png
-	@echo "Image written to $(CURDIR)/out/lighthouse.png"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -19,6 +19,7 @@ from stableserve.core.engines import EngineRegistry
 from stableserve.core.pricing import price
 from stableserve.core.types import Artifact, GenerationRequest
 from stableserve.core.validation import resolve
+from stableserve.errors import EngineNotReady
 from stableserve.inference.loading import readiness
 from stableserve.settings import Settings
 
@@ -50,13 +51,14 @@ class GenerationService:
         self.jobs = job_client
 
     def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, Decimal]:
-        """Resolve ``request`` against its engine and price it (credits, 6 decimals). Blocking (decodes images)."""
+        """Resolve ``request`` against its engine and price it (credits, 6 decimals).
+
+        Blocking (decodes images): call it from a worker thread.
+        """
         engine = self.registry.get(request.engine_id)
         resolved = resolve(request, engine)
         ready = readiness(engine, self.settings)
         if not ready.ready:
-            from stableserve.errors import EngineNotReady
-
             raise EngineNotReady(ready.reason)
         return resolved, Decimal(str(price(engine, resolved)))
 

@@ -72,7 +72,8 @@ class GenerationOptions(BaseModel):
 
 
 class TextToImageRequestBody(GenerationOptions):
-    """JSON body of ``text-to-image``: ``text_prompts`` (>= 1), ``height``/``width`` (multiples of 64, >= 128)."""
+    """JSON body of ``text-to-image``: ``text_prompts`` (>= 1), ``height``/``width`` (multiples of 64,
+    >= 128; ``None`` = the engine's default size)."""
 
     text_prompts: list[TextPrompt] = Field(min_length=1)
     height: int | None = Field(default=None, ge=128, multiple_of=64)

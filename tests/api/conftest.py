@@ -1,0 +1,81 @@
+"""API tier: the real app (FastAPI TestClient), a real SQLite database, real worker processes
+running demo engines. One app per test module; each test gets its own organization and key."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from stableserve.settings import Settings
+
+
+@dataclass
+class Account:
+    """An organization with an API key: ``headers`` authenticate as it."""
+
+    org_id: str
+    org_name: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+@pytest.fixture(scope="module")
+def api_settings(tmp_path_factory, stableserve_home) -> Settings:
+    """Settings over a fresh SQLite database; demo pipelines shared with the session home."""
+    from stableserve.db.migrate import upgrade
+
+    home = tmp_path_factory.mktemp("api-home")
+    (home / "demo").symlink_to(stableserve_home / "demo", target_is_directory=True)
+    (stableserve_home / "demo").mkdir(exist_ok=True)
+    settings = Settings(home=home, engines="demo")
+    upgrade(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def client(api_settings) -> Iterator[TestClient]:
+    """The app with its lifespan (worker processes) running."""
+    from stableserve.api.app import build_app
+
+    with TestClient(build_app(api_settings), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def make_account(api_settings):
+    """Factory: ``make_account(credits=100)`` -> Account with a fresh org and key."""
+    from stableserve.accounts import keys, orgs
+    from stableserve.db.session import session_factory
+
+    sessions = session_factory(api_settings)
+
+    def make(credits: float = 100) -> Account:
+        name = f"org-{secrets.token_hex(4)}"
+        with sessions() as s, s.begin():
+            org = orgs.create_org(s, name, credits=credits)
+            _key, secret = keys.create_key(s, org, keys.server_secret(api_settings))
+            return Account(org_id=org.id, org_name=name, key=secret)
+
+    return make
+
+
+@pytest.fixture
+def account(make_account) -> Account:
+    """An organization with 100 credits."""
+    return make_account(100)
+
+
+def png_bytes(w: int, h: int, mode: str = "RGB", color=(30, 120, 200)) -> bytes:
+    """An encoded PNG of one color."""
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), color).save(buf, format="PNG")
+    return buf.getvalue()
