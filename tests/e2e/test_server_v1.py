@@ -287,3 +287,32 @@ def test_error_id_appears_in_the_server_log(server):
     while rid not in log.read_text() and time.time() < deadline:
         time.sleep(0.1)
     assert rid in log.read_text()
+
+
+def test_client_disconnect_cancels_the_job_and_releases_credits(server):
+    api_host, api_key, _ = server
+    auth = {"Authorization": f"Bearer {api_key}"}
+    before = requests.get(f"{api_host}/v1/user/balance", headers=auth, timeout=30).json()["credits"]
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(
+            f"{api_host}/v1/generation/stable-diffusion-v1-5/text-to-image",
+            headers=auth,
+            json={"text_prompts": [{"text": "a very long job"}], "steps": 150},
+            timeout=3,
+        )
+    deadline = time.time() + 60
+    balance = None
+    while time.time() < deadline:
+        balance = requests.get(f"{api_host}/v1/user/balance", headers=auth, timeout=30).json()["credits"]
+        if balance == before:
+            break
+        time.sleep(0.25)
+    assert balance == before
+    # and the server still serves
+    ok = requests.post(
+        f"{api_host}/v1/generation/esrgan-v1-x2plus/image-to-image/upscale",
+        headers=auth,
+        files={"image": ("i.png", open(server[2] / "init_image.png", "rb"))},
+        timeout=120,
+    )
+    assert ok.status_code == 200

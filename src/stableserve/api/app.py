@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stableserve import __version__
@@ -83,26 +84,48 @@ def _install_handlers(app: FastAPI) -> None:
         return render_error(request, http_error(exc))
 
 
-def _install_middleware(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
+class RequestContext:
+    """Pure ASGI middleware: a request id per HTTP request (``request.state.request_id``, the
+    ``x-request-id`` response header) and one log line per request.
+
+    Pure ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware hides the
+    client's disconnect from ``request.is_disconnected()``, which cancels abandoned jobs.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         rid = new_request_id()
-        request.state.request_id = rid
+        scope.setdefault("state", {})["request_id"] = rid
+        status = {"code": 0}
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = MutableHeaders(scope=message)
+                if "x-request-id" not in headers:
+                    headers.append("x-request-id", rid)
+            await send(message)
+
         start = time.perf_counter()
-        response = await call_next(request)
-        response.headers.setdefault("x-request-id", rid)
-        client = request.headers.get("stability-client-id")
-        version = request.headers.get("stability-client-version")
-        log.info(
-            "request %s %s %s -> %d in %.1f ms%s",
-            rid,
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - start) * 1000,
-            f" client={client}/{version or '-'}" if client or version else "",
-        )
-        return response
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            hdrs = Headers(scope=scope)
+            client, version = hdrs.get("stability-client-id"), hdrs.get("stability-client-version")
+            log.info(
+                "request %s %s %s -> %d in %.1f ms%s",
+                rid,
+                scope["method"],
+                scope["path"],
+                status["code"],
+                (time.perf_counter() - start) * 1000,
+                f" client={client}/{version or '-'}" if client or version else "",
+            )
 
 
 def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job_client=None) -> FastAPI:
@@ -145,7 +168,7 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     )
     app.state.stableserve = state
     _install_handlers(app)
-    _install_middleware(app)
+    app.add_middleware(RequestContext)
     for flavor in ("v1", "v1beta", "v1alpha"):
         app.include_router(build_router(flavor), prefix=f"/{flavor}")
     return app

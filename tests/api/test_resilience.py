@@ -1,0 +1,71 @@
+"""A worker crash fails the job with its credits released and the server keeps serving; a client
+that goes away cancels its job and gets its credits back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+from sqlalchemy import select
+
+ENGINE = "stable-diffusion-xl-beta-v2-2-2"
+LONG = {"text_prompts": [{"text": "a long job"}], "width": 128, "height": 128, "steps": 150, "seed": 1}
+SHORT = {**LONG, "steps": 10}
+
+
+def _running_job(client, org_id: str, timeout: float = 60) -> str:
+    from stableserve.db.models import Job
+
+    state = client.app.state.stableserve
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with state.sessions() as s:
+            job_id = s.scalar(select(Job.id).where(Job.org_id == org_id, Job.state == "running"))
+        if job_id and state.jobs.executor.pid_of(job_id):
+            return job_id
+        time.sleep(0.05)
+    raise AssertionError("no running job")
+
+
+def test_worker_crash_fails_the_job_releases_credits_and_serving_goes_on(client, account):
+    before = client.get("/v1/user/balance", headers=account.headers).json()["credits"]
+    result = {}
+
+    def call():
+        result["resp"] = client.post(
+            f"/v1/generation/{ENGINE}/text-to-image", json=LONG, headers=account.headers
+        )
+
+    t = threading.Thread(target=call)
+    t.start()
+    job_id = _running_job(client, account.org_id)
+    os.kill(client.app.state.stableserve.jobs.executor.pid_of(job_id), signal.SIGKILL)
+    t.join(timeout=120)
+    resp = result["resp"]
+    assert resp.status_code == 500, resp.text
+    assert resp.json()["name"] == "server_error"
+    assert client.get("/v1/user/balance", headers=account.headers).json()["credits"] == before
+    again = client.post(f"/v1/generation/{ENGINE}/text-to-image", json=SHORT, headers=account.headers)
+    assert again.status_code == 200, again.text
+
+
+def test_cancelled_job_releases_credits(client, account):
+    """The disconnect watcher's path: cancelling a running job ends it and refunds it."""
+    before = client.get("/v1/user/balance", headers=account.headers).json()["credits"]
+    result = {}
+
+    def call():
+        result["resp"] = client.post(
+            f"/v1/generation/{ENGINE}/text-to-image", json=LONG, headers=account.headers
+        )
+
+    t = threading.Thread(target=call)
+    t.start()
+    job_id = _running_job(client, account.org_id)
+    assert client.app.state.stableserve.jobs.cancel(job_id)
+    t.join(timeout=120)
+    assert result["resp"].status_code == 400 and result["resp"].json()["name"] == "cancelled"
+    assert client.get("/v1/user/balance", headers=account.headers).json()["credits"] == before
+    assert client.app.state.stableserve.jobs.get(job_id).state == "cancelled"
