@@ -312,7 +312,7 @@ def test_client_disconnect_cancels_the_job_and_releases_credits(server):
     ok = requests.post(
         f"{api_host}/v1/generation/esrgan-v1-x2plus/image-to-image/upscale",
         headers=auth,
-        files={"image": ("i.png", open(server[2] / "init_image.png", "rb"))},
+        files={"image": ("i.png", (server[2] / "init_image.png").read_bytes())},
         timeout=120,
     )
     assert ok.status_code == 200
