@@ -36,19 +36,25 @@ bump ``DEMO_VERSION`` whenever a configuration, seed or the vocabulary changes.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from stableserve.core.engines import Family
+from stableserve.inference.demo_tokenizers import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    MAX_TOKENS,
+    clip_tokenizer,
+    demo_t5_vocabulary,
+    demo_vocabulary,
+    t5_tokenizer,
+)
 
 try:  # POSIX; elsewhere ensure_demo_pipeline relies on the atomic rename alone
     import fcntl
@@ -61,10 +67,6 @@ DEMO_VERSION = "1"
 ESRGAN_WEIGHTS = "model.safetensors"
 """File name of the ESRGAN demo weights inside its folder."""
 
-BOS_TOKEN = "<|startoftext|>"
-EOS_TOKEN = "<|endoftext|>"
-MAX_TOKENS = 77
-"""CLIP context length (tokens including BOS/EOS), as in every Stable Diffusion text encoder."""
 
 # Base seed per family; component k of a family is created right after torch.manual_seed(seed + k).
 _SEEDS: dict[Family, int] = {
@@ -78,124 +80,6 @@ _SEEDS: dict[Family, int] = {
     Family.UPSCALER_LATENT_X4: 6000,
     Family.UPSCALER_ESRGAN: 7000,
 }
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizer
-
-# Words the BPE merges are learned from: each becomes a single token (plus "</w>"); any other
-# word is split into known sub-words or single bytes, as CLIP does for rare words.
-_PROMPT_TEXT = """
-a an the of on in at by with and or to from for over under above below near inside outside
-photo photograph picture painting drawing illustration sketch render portrait landscape closeup
-lighthouse cliff sea ocean beach wave waves sky cloud clouds sun sunset sunrise moon star stars
-night day morning evening light dark shadow fog mist rain snow storm winter summer spring autumn
-mountain mountains hill forest tree trees flower flowers garden field river lake water fire ice
-city street house building castle tower bridge road car train boat ship window door room
-cat dog horse bird fish dragon robot astronaut man woman girl boy child person people face eyes
-red blue green yellow orange purple pink black white gray golden silver colorful
-beautiful detailed highly intricate sharp focus cinematic dramatic lighting epic fantasy
-realistic photorealistic hyperrealistic digital art artstation concept oil watercolor style
-trending quality best masterpiece ultra high resolution 4k 8k hdr bokeh lens wide angle
-blurry ugly deformed bad low worst extra missing text watermark signature cropped
-vibrant soft warm cold old new small large big tiny giant little happy sad cute
-"""
-_PROMPT_WORDS = _PROMPT_TEXT.split()
-
-
-@lru_cache(maxsize=1)
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible map from the 256 byte values to printable unicode characters."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
-
-
-def _learn_merges(words: list[str], alphabet: dict[int, str]) -> list[tuple[str, str]]:
-    """Classic BPE training on ``words`` (each counted once), deterministic: the most frequent
-    adjacent pair is merged first, ties broken by the pair's lexicographic order; stops when
-    every word is one symbol."""
-    seqs = []
-    for w in sorted(set(words)):
-        chars = [alphabet[b] for b in w.encode("utf-8")]
-        chars[-1] += "</w>"
-        seqs.append(chars)
-    merges: list[tuple[str, str]] = []
-    while True:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for s in seqs:
-            pairs.update(zip(s, s[1:], strict=False))
-        if not pairs:
-            return merges
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        joined = best[0] + best[1]
-        for i, s in enumerate(seqs):
-            out, j = [], 0
-            while j < len(s):
-                if j + 1 < len(s) and (s[j], s[j + 1]) == best:
-                    out.append(joined)
-                    j += 2
-                else:
-                    out.append(s[j])
-                    j += 1
-            seqs[i] = out
-
-
-@lru_cache(maxsize=1)
-def demo_vocabulary() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
-    """The demo CLIP vocabulary and BPE merges (deterministic, no download).
-
-    Returns ``(vocab, merges)``: ids 0..255 are the byte symbols, 256..511 the same with
-    ``</w>``, then one token per merge in merge order, then ``<|startoftext|>`` and
-    ``<|endoftext|>`` (the last id), the layout of OpenAI CLIP's ``vocab.json``.
-    """
-    alphabet = _bytes_to_unicode()
-    symbols = list(alphabet.values())
-    vocab_list = symbols + [s + "</w>" for s in symbols]
-    merges = _learn_merges(_PROMPT_WORDS, alphabet)
-    vocab_list += [a + b for a, b in merges]
-    vocab_list += [BOS_TOKEN, EOS_TOKEN]
-    vocab: dict[str, int] = {}
-    for tok in vocab_list:
-        vocab.setdefault(tok, len(vocab))
-    return vocab, tuple(merges)
-
-
-def write_tokenizer_files(folder: Path) -> tuple[Path, Path]:
-    """Write CLIP-format ``vocab.json`` and ``merges.txt`` of the demo vocabulary into ``folder``.
-
-    Returns their paths. ``merges.txt`` starts with ``#version: 0.2`` like CLIP's.
-    """
-    vocab, merges = demo_vocabulary()
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder / "vocab.json"
-    merges_file = folder / "merges.txt"
-    vocab_file.write_text(json.dumps(vocab, ensure_ascii=False, indent=0, sort_keys=False), encoding="utf-8")
-    merges_file.write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    return vocab_file, merges_file
-
-
-def _tokenizer():
-    """A ``CLIPTokenizer`` over the demo vocabulary (pad = ``<|endoftext|>``, max length 77)."""
-    from transformers import CLIPTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="stableserve-demo-tok-") as tmp:
-        vocab_file, merges_file = write_tokenizer_files(Path(tmp))
-        # Positional paths: transformers 5 ignores the ``vocab_file=`` keyword (builds a 3-token
-        # default vocabulary) while transformers 4 requires the two paths.
-        tok = CLIPTokenizer(str(vocab_file), str(merges_file), pad_token=EOS_TOKEN)
-    tok.model_max_length = MAX_TOKENS
-    return tok
 
 
 def _clip_config(hidden: int, layers: int, heads: int, projection_dim: int):
@@ -217,35 +101,6 @@ def _clip_config(hidden: int, layers: int, heads: int, projection_dim: int):
         eos_token_id=eos,
         pad_token_id=eos,
     )
-
-
-T5_MAX_TOKENS = 512
-"""T5 tokenizer context (SD3's pipeline asks for ``max_sequence_length`` = 256 of them)."""
-
-
-def demo_t5_vocabulary() -> list[tuple[str, float]]:
-    """The demo T5 (SentencePiece-style Unigram) vocabulary: ``(piece, log-probability)`` pairs.
-
-    ``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2 as in T5, then ``▁`` (word start), one
-    ``▁word`` piece per built-in prompt word (score -5) and every printable ASCII character
-    (score -10), so known words are one token and others fall back to characters.
-    """
-    import string
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [("\u2581" + w, -5.0) for w in sorted(set(_PROMPT_WORDS))]
-    vocab += [
-        (c, -10.0)
-        for c in string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
-    ]
-    return vocab
-
-
-def _t5_tokenizer():
-    """A ``T5Tokenizer`` (tokenizers-backed in transformers 5) over ``demo_t5_vocabulary``."""
-    from transformers import T5Tokenizer
-
-    return T5Tokenizer(vocab=demo_t5_vocabulary(), extra_ids=0, model_max_length=T5_MAX_TOKENS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +209,7 @@ def _build_sd(family: Family, seeds: _Seeds):
     return cls(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_tokenizer(),
+        tokenizer=clip_tokenizer(),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -403,8 +258,8 @@ def _build_sdxl(family: Family, seeds: _Seeds):
         vae=vae,
         text_encoder=text_encoder,
         text_encoder_2=text_encoder_2,
-        tokenizer=_tokenizer(),
-        tokenizer_2=_tokenizer(),
+        tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
         unet=unet,
         scheduler=scheduler,
         force_zeros_for_empty_prompt=True,
@@ -464,11 +319,11 @@ def _build_sd3(family: Family, seeds: _Seeds):
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_tokenizer(),
+        tokenizer=clip_tokenizer(),
         text_encoder_2=text_encoder_2,
-        tokenizer_2=_tokenizer(),
+        tokenizer_2=clip_tokenizer(),
         text_encoder_3=text_encoder_3,
-        tokenizer_3=_t5_tokenizer(),
+        tokenizer_3=t5_tokenizer(),
     )
 
 
@@ -499,7 +354,7 @@ def _build_latent_upscaler(family: Family, seeds: _Seeds):
     return StableDiffusionUpscalePipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=_tokenizer(),
+        tokenizer=clip_tokenizer(),
         unet=unet,
         low_res_scheduler=DDPMScheduler(**upscaler_betas, num_train_timesteps=1000, clip_sample=False),
         scheduler=DDIMScheduler(
