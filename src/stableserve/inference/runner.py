@@ -59,6 +59,23 @@ def _task_pipeline_class(family: Family, task: Task):
     return table[family][index]
 
 
+def _task_view(cls, base: Any, scheduler: Any) -> Any:
+    """A pipeline of class ``cls`` over ``base``'s components with its own noise scheduler.
+
+    The cached base pipeline is never modified and every task shares its weights. Built
+    directly rather than with ``from_pipe``, which re-casts every module on each call.
+    """
+    expected, optional = cls._get_signature_keys(cls)
+    parts = {k: v for k, v in base.components.items() if k in expected or k in optional}
+    parts.update({k: None for k in expected if k not in parts})
+    parts["scheduler"] = scheduler
+    if "requires_safety_checker" in optional:
+        parts["requires_safety_checker"] = False
+    pipe = cls(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def sample_seeds(seed: int, samples: int) -> list[int]:
     """Seeds of each sample: seed, seed+1, ... wrapping inside 0..4294967295."""
     return [(seed + i) % (SEED_MAX + 1) for i in range(samples)]
@@ -160,10 +177,7 @@ class Runner:
         cls = _task_pipeline_class(engine.family, req.task)
         assert req.sampler is not None and req.steps is not None
         scheduler = make_noise_scheduler(req.sampler, base.scheduler.config, engine.family, req.seed)
-        # A pipeline view of its own over the shared components: the cached base pipeline's
-        # scheduler is never touched, and every task reuses the same weights.
-        pipe = cls.from_pipe(base, scheduler=scheduler)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = _task_view(cls, base, scheduler)
         prompts = apply_style_preset(req.style_preset, req.prompts)
         cond = encode_prompts(pipe, engine.family, prompts, device=loaded.device, dtype=loaded.dtype)
 
@@ -249,8 +263,7 @@ class Runner:
         engine, base = loaded.engine, loaded.pipeline
         assert req.sampler is not None and req.steps is not None
         scheduler = make_noise_scheduler(req.sampler, base.scheduler.config, engine.family, req.seed)
-        pipe = type(base)(**{**base.components, "scheduler": scheduler})
-        pipe.set_progress_bar_config(disable=True)
+        pipe = _task_view(type(base), base, scheduler)
         prompts = apply_style_preset(req.style_preset, req.prompts)
         cond: dict[str, Any] = (
             encode_prompts(pipe, engine.family, prompts, device=loaded.device, dtype=loaded.dtype)
