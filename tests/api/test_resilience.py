@@ -29,7 +29,9 @@ def _running_job(client, org_id: str, timeout: float = 60) -> str:
     raise AssertionError("no running job")
 
 
-def test_worker_crash_fails_the_job_releases_credits_and_serving_goes_on(client, account):
+def _long_request_in_background(client, account, act) -> tuple[float, object]:
+    """Start a long text-to-image in a thread, call ``act(job_id)`` once it runs; returns
+    (balance before, response)."""
     before = client.get("/v1/user/balance", headers=account.headers).json()["credits"]
     result = {}
 
@@ -40,10 +42,16 @@ def test_worker_crash_fails_the_job_releases_credits_and_serving_goes_on(client,
 
     t = threading.Thread(target=call)
     t.start()
-    job_id = _running_job(client, account.org_id)
-    os.kill(client.app.state.stableserve.jobs.executor.pid_of(job_id), signal.SIGKILL)
+    act(_running_job(client, account.org_id))
     t.join(timeout=120)
-    resp = result["resp"]
+    return before, result["resp"]
+
+
+def test_worker_crash_fails_the_job_releases_credits_and_serving_goes_on(client, account):
+    executor = client.app.state.stableserve.jobs.executor
+    before, resp = _long_request_in_background(
+        client, account, lambda job_id: os.kill(executor.pid_of(job_id), signal.SIGKILL)
+    )
     assert resp.status_code == 500, resp.text
     assert resp.json()["name"] == "server_error"
     assert client.get("/v1/user/balance", headers=account.headers).json()["credits"] == before
@@ -53,19 +61,11 @@ def test_worker_crash_fails_the_job_releases_credits_and_serving_goes_on(client,
 
 def test_cancelled_job_releases_credits(client, account):
     """The disconnect watcher's path: cancelling a running job ends it and refunds it."""
-    before = client.get("/v1/user/balance", headers=account.headers).json()["credits"]
-    result = {}
-
-    def call():
-        result["resp"] = client.post(
-            f"/v1/generation/{ENGINE}/text-to-image", json=LONG, headers=account.headers
-        )
-
-    t = threading.Thread(target=call)
-    t.start()
-    job_id = _running_job(client, account.org_id)
-    assert client.app.state.stableserve.jobs.cancel(job_id)
-    t.join(timeout=120)
-    assert result["resp"].status_code == 400 and result["resp"].json()["name"] == "cancelled"
+    jobs = client.app.state.stableserve.jobs
+    cancelled = []
+    before, resp = _long_request_in_background(
+        client, account, lambda job_id: cancelled.append(job_id) or jobs.cancel(job_id)
+    )
+    assert resp.status_code == 400 and resp.json()["name"] == "cancelled"
     assert client.get("/v1/user/balance", headers=account.headers).json()["credits"] == before
-    assert client.app.state.stableserve.jobs.get(job_id).state == "cancelled"
+    assert jobs.get(cancelled[0]).state == "cancelled"
