@@ -108,10 +108,12 @@ class _StepHook:
                 pipe._interrupt = True
 
     def on_step_end(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        """``callback_on_step_end`` of modern diffusers pipelines."""
         self._tick(pipe, step)
         return kwargs
 
     def legacy(self, step: int, timestep: Any, latents: Any) -> None:
+        """``callback`` of pipelines without ``callback_on_step_end`` (the x4 upscaler)."""
         self._tick(None, step)
 
 

@@ -83,6 +83,7 @@ def build_router(flavor: Flavor) -> APIRouter:
 
     @router.get("/engines/list", response_model=list[Engine], summary="List engines")
     async def list_engines(request: Request) -> list[Engine]:
+        """The engines this server serves (id, name, description, type)."""
         await authenticate(request)
         return [
             Engine(id=e.id, name=e.name, description=e.description, type=e.type)
@@ -91,6 +92,7 @@ def build_router(flavor: Flavor) -> APIRouter:
 
     @router.get("/user/account", response_model=AccountResponseBody, summary="Account details")
     async def user_account(request: Request) -> AccountResponseBody:
+        """The key's user and the organizations it belongs to (ignores the Organization header)."""
         from stableserve.accounts import orgs as orgs_mod
 
         principal = await authenticate(request, use_org_header=False)
@@ -112,6 +114,7 @@ def build_router(flavor: Flavor) -> APIRouter:
 
     @router.get("/user/balance", response_model=BalanceResponseBody, summary="Credit balance")
     async def user_balance(request: Request) -> BalanceResponseBody:
+        """Credits of the organization the request acts for (the key's, or the Organization header's)."""
         from stableserve.accounts import ledger
 
         principal = await authenticate(request)
@@ -135,6 +138,7 @@ def build_router(flavor: Flavor) -> APIRouter:
         },
     )
     async def text_to_image(engine_id: str, request: Request) -> Response:
+        """Generate images from text prompts (JSON body)."""
         await authenticate(request)
         body = convert.parse_model(TextToImageRequestBody, await read_json(request))
         return await run(request, convert.text_to_image(engine_id, body))
@@ -146,6 +150,7 @@ def build_router(flavor: Flavor) -> APIRouter:
         openapi_extra=_multipart_doc(ImageToImageOptions, {"init_image": True}),
     )
     async def image_to_image(engine_id: str, request: Request) -> Response:
+        """Modify an init image (IMAGE_STRENGTH or STEP_SCHEDULE mode); multipart body."""
         await authenticate(request)
         form = await read_form(request)
         body = await options_from(request, form, ImageToImageOptions)
@@ -159,6 +164,7 @@ def build_router(flavor: Flavor) -> APIRouter:
         openapi_extra=_multipart_doc(MaskingOptions, {"init_image": True, "mask_image": False}),
     )
     async def masking(engine_id: str, request: Request) -> Response:
+        """Inpaint the masked area of an init image (MASK_IMAGE_WHITE, MASK_IMAGE_BLACK, INIT_IMAGE_ALPHA)."""
         await authenticate(request)
         form = await read_form(request)
         body = await options_from(request, form, MaskingOptions)
@@ -175,6 +181,7 @@ def build_router(flavor: Flavor) -> APIRouter:
             openapi_extra=_multipart_doc(UpscaleOptions, {"image": True}),
         )
         async def upscale(engine_id: str, request: Request) -> Response:
+            """Upscale an image to `width` or `height` (ESRGAN; the latent upscaler also takes prompts)."""
             await authenticate(request)
             form = await read_form(request)
             body = convert.parse_model(UpscaleOptions, convert.form_fields(form))
