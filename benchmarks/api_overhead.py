@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--pause", type=float, default=0.5, help="idle seconds before each timed call")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="stableserve-bench-"))
@@ -104,6 +105,9 @@ def main() -> None:
             times: dict[str, list[float]] = {"server": [], "direct": []}
             for _ in range(args.runs):
                 for name, fn in (("server", via_server), ("direct", direct)):
+                    # Let this process's OpenMP threads go idle: they spin for a while after a
+                    # direct run and would steal one of the cores from the server's worker.
+                    time.sleep(args.pause)
                     t0 = time.perf_counter()
                     fn()
                     times[name].append(time.perf_counter() - t0)
