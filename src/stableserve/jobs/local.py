@@ -85,9 +85,10 @@ def _worker_main(
 
         registry = load_registry(registry_spec)  # first: a bad registry fails before torch loads
         from stableserve.inference.loading import quiet_libraries
+
+        quiet_libraries()  # before the runner's imports: importing diffusers logs warnings
         from stableserve.inference.runner import Runner
 
-        quiet_libraries()
         runner = Runner(registry, settings)
     except BaseException as exc:  # report, then exit: the parent logs it and backs off
         with contextlib.suppress(OSError):
