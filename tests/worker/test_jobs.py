@@ -150,7 +150,12 @@ def test_success_captures_credits(real, make_request) -> None:
     assert info.state == "succeeded" and info.attempt == 1 and info.price == cost
     assert info.started_at is not None and info.finished_at is not None
     assert info.artifacts[0] == {
-        "index": 0, "seed": 1, "finish_reason": "SUCCESS", "width": 64, "height": 64, "mime": "image/png"
+        "index": 0,
+        "seed": 1,
+        "finish_reason": "SUCCESS",
+        "width": 64,
+        "height": 64,
+        "mime": "image/png",
     }
     with session_factory(settings).begin() as session:
         assert ledger.summary(session, org)["captured"] == cost
@@ -459,24 +464,24 @@ class _FakeRunner:
 
 
 def test_worker_job_loop_rate_limits_progress_and_maps_errors(make_request) -> None:
-    from stableserve.jobs.local import _run_job
+    from stableserve.jobs.worker import run_job
 
     payload = make_request()[0].model_dump_json()
     never = threading.Event()
     conn = _Conn()
-    done = _run_job(_FakeRunner(), "j", payload, never, conn)
+    done = run_job(_FakeRunner(), "j", payload, never, conn)
     assert isinstance(done, Succeeded) and isinstance(conn.sent[0], Started)
     progress = [e for e in conn.sent if isinstance(e, Progress)]
     assert 1 <= len(progress) <= 5 and (progress[-1].done, progress[-1].total) == (1000, 1000)
 
     bad = InvalidRequest("prompts: bad", code="invalid_prompts", param="text_prompts")
-    failed = _run_job(_FakeRunner(bad, steps=1), "j", payload, never, _Conn())
+    failed = run_job(_FakeRunner(bad, steps=1), "j", payload, never, _Conn())
     assert (failed.code, failed.param, failed.error) == ("invalid_prompts", "text_prompts", "InvalidRequest")
-    failed = _run_job(_FakeRunner(ZeroDivisionError("secret detail"), steps=1), "j", payload, never, _Conn())
+    failed = run_job(_FakeRunner(ZeroDivisionError("secret detail"), steps=1), "j", payload, never, _Conn())
     assert failed.code == "server_error" and "secret" not in failed.message
 
     cancelled = threading.Event()
     cancelled.set()
     conn = _Conn()
-    assert isinstance(_run_job(_FakeRunner(), "j", payload, cancelled, conn), Cancelled)
+    assert isinstance(run_job(_FakeRunner(), "j", payload, cancelled, conn), Cancelled)
     assert conn.sent == []  # cancelled before it started: never runs

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import signal
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,103 +37,20 @@ from stableserve.jobs.events import (
     Cancelled,
     Failed,
     JobEvent,
-    Progress,
     Queued,
-    Started,
-    Succeeded,
     is_terminal,
 )
 from stableserve.jobs.executor import EventCallback, ExecutorFactory
+from stableserve.jobs.worker import FATAL, READY, worker_main
 from stableserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROGRESS_INTERVAL_S = 0.1
-"""Minimum seconds between two ``Progress`` events of one job (the last step always goes)."""
-
-_READY = "ready"
-_FATAL = "fatal"
 _YOUNG_S = 10.0  # a worker dying sooner than this after its start counts toward the back-off
 _MAX_BACKOFF_S = 30.0
 
 SHUTDOWN_MESSAGE = "The server shut down before the job finished, please try again."
 CRASH_MESSAGE = "The worker running this job stopped unexpectedly, please try again."
-
-
-# -- worker process --------------------------------------------------------------------------
-def _worker_main(
-    index: int,
-    settings: Settings,
-    registry_spec: str,
-    jobs: Connection,
-    events: Connection,
-    cancel: Any,
-) -> None:
-    """Worker process entry point: build a ``Runner``, then run jobs from ``jobs`` one at a time.
-
-    Receives ``(job_id, request_json)`` tuples or ``None`` (stop); sends ``"ready"``,
-    ``("fatal", message)`` or ``JobEvent`` objects on ``events``.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
-        )
-    try:
-        from stableserve.core.engines import load_registry
-
-        registry = load_registry(registry_spec)  # first: a bad registry fails before torch loads
-        from stableserve.inference.loading import quiet_libraries
-
-        quiet_libraries()  # before the runner's imports: importing diffusers logs warnings
-        from stableserve.inference.runner import Runner
-
-        runner = Runner(registry, settings)
-    except BaseException as exc:  # report, then exit: the parent logs it and backs off
-        with contextlib.suppress(OSError):
-            events.send((_FATAL, f"{type(exc).__name__}: {exc}"))
-        return
-    events.send(_READY)
-    while True:
-        try:
-            message = jobs.recv()
-        except (EOFError, OSError):  # the parent went away
-            return
-        if message is None:
-            return
-        job_id, request_json = message
-        try:
-            events.send(_run_job(runner, job_id, request_json, cancel, events))
-        except (BrokenPipeError, OSError):
-            return
-
-
-def _run_job(runner: Any, job_id: str, request_json: str, cancel: Any, events: Connection) -> JobEvent:
-    """Run one job in the worker and return its terminal event (Started/Progress are sent here)."""
-    from stableserve.errors import EngineNotReady, GenerationCancelled, InvalidRequest, NotFound
-
-    if cancel.is_set():
-        return Cancelled(job_id)
-    events.send(Started(job_id, 1))
-    last = 0.0
-
-    def progress(done: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if done >= total or now - last >= PROGRESS_INTERVAL_S:
-            last = now
-            events.send(Progress(job_id, done, total))
-
-    try:
-        request = GenerationRequest.model_validate_json(request_json)
-        return Succeeded(job_id, runner.run(request, progress=progress, cancel=cancel))
-    except GenerationCancelled:
-        return Cancelled(job_id)
-    except (InvalidRequest, EngineNotReady, NotFound) as exc:
-        return Failed.from_error(job_id, exc)
-    except Exception:
-        log.exception("job %s failed", job_id)
-        return Failed(job_id, "server_error", SERVER_ERROR_MESSAGE)
 
 
 # -- parent side -----------------------------------------------------------------------------
@@ -309,7 +225,7 @@ class LocalExecutor:
         events_r, events_w = self._ctx.Pipe(duplex=False)
         cancel = self._ctx.Event()
         process = self._ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(index, self.settings, self.registry_spec, jobs_r, events_w, cancel),
             name=f"stableserve-worker-{index}",
             daemon=True,
@@ -452,12 +368,12 @@ class LocalExecutor:
             w.eof = True
 
     def _handle(self, w: _Worker, message: Any) -> None:
-        if message == _READY:
+        if message == READY:
             with self._lock:
                 w.ready = True
                 self._young_deaths[w.index] = 0
             return
-        if isinstance(message, tuple) and message and message[0] == _FATAL:
+        if isinstance(message, tuple) and message and message[0] == FATAL:
             self._fatal(w, message[1])
             return
         event: JobEvent = message
