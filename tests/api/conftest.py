@@ -28,17 +28,18 @@ class Account:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-@pytest.fixture(scope="module")
-def api_settings(tmp_path_factory, stableserve_home) -> Settings:
-    """Settings over a fresh SQLite database; demo pipelines shared with the session home."""
-    from stableserve.db.migrate import upgrade
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api_settings(request, tmp_path_factory, stableserve_home) -> Iterator[Settings]:
+    """Settings over a fresh migrated database (SQLite file, or a throwaway PostgreSQL schema,
+    skipped when no server is reachable); demo pipelines shared with the session home."""
+    from tests.unit.test_ledger import migrated_database
 
-    home = tmp_path_factory.mktemp("api-home")
-    (home / "demo").symlink_to(stableserve_home / "demo", target_is_directory=True)
-    (stableserve_home / "demo").mkdir(exist_ok=True)
-    settings = Settings(home=home, engines="demo")
-    upgrade(settings)
-    return settings
+    with migrated_database(request.param, tmp_path_factory.mktemp("api-db")) as settings:
+        settings = settings.model_copy(update={"engines": "demo"})
+        settings.home.mkdir(parents=True, exist_ok=True)
+        (stableserve_home / "demo").mkdir(exist_ok=True)
+        (settings.home / "demo").symlink_to(stableserve_home / "demo", target_is_directory=True)
+        yield settings
 
 
 @pytest.fixture(scope="module")
