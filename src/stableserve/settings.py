@@ -41,6 +41,19 @@ class JobSettings(BaseModel):
     max_queue: int = Field(default=256, ge=1)
 
 
+class ResultSettings(BaseModel):
+    """Stored results of asynchronous jobs (v2beta ``/v2beta/results/{id}``, CONTRACT.md §3.2).
+
+    ``retention_s``: seconds a finished result stays fetchable, then it is deleted (default
+    86400 = 24 h, as Stability); ``purge_interval_s``: how often expired results are deleted
+    from the store; ``dir``: the filesystem ArtifactStore root (default ``<home>/results``).
+    """
+
+    retention_s: float = Field(default=86_400.0, gt=0)
+    purge_interval_s: float = Field(default=600.0, gt=0)
+    dir: Path | None = None
+
+
 class Settings(BaseSettings):
     """Root settings.
 
@@ -64,6 +77,7 @@ class Settings(BaseSettings):
     model_cache: ModelCacheSettings = ModelCacheSettings()
     jobs: JobSettings = JobSettings()
     runner: RunnerSettings = RunnerSettings()
+    results: ResultSettings = ResultSettings()
 
     @property
     def db_url(self) -> str:
@@ -79,6 +93,11 @@ class Settings(BaseSettings):
     def demo_dir(self) -> Path:
         """Where demo pipelines are built on first use: ``<home>/demo``."""
         return self.home / "demo"
+
+    @property
+    def results_dir(self) -> Path:
+        """Root of the filesystem ArtifactStore: ``results.dir`` or ``<home>/results``."""
+        return self.results.dir or self.home / "results"
 
 
 def get_settings() -> Settings:

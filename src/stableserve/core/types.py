@@ -62,6 +62,19 @@ class FinishReason(StrEnum):
     CONTENT_FILTERED = "CONTENT_FILTERED"
 
 
+class OutputFormat(StrEnum):
+    """Encoding of the generated images (v2beta ``output_format``; v1 and gRPC always PNG)."""
+
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def mime(self) -> str:
+        """The media type: ``image/png``, ``image/jpeg`` or ``image/webp``."""
+        return f"image/{self.value}"
+
+
 class WeightedPrompt(BaseModel):
     """One text prompt. ``weight`` > 0 conditions towards it, < 0 away from it (negative prompt).
 
@@ -104,6 +117,9 @@ class GenerationRequest(BaseModel):
       ``None`` = 0.65 for image-to-image (``image_strength`` 0.35), 1.0 for masking.
     - ``schedule_end``: optional fraction 0..1 at which denoising stops (``step_schedule_end``).
     - ``mask_image``/``mask_source``: masking only (see ``MaskSource``).
+    - ``noise_level``: noise augmentation of the x4 latent upscaler, 0..350 (diffusers'
+      ``noise_level``; ``None`` = the pipeline's default 20). More noise = more re-imagined detail.
+    - ``output_format``: encoding of the artifacts (``OutputFormat``, default PNG).
     - ``extras``: free-form, accepted and ignored unless a feature documents a key.
     """
 
@@ -125,6 +141,8 @@ class GenerationRequest(BaseModel):
     schedule_end: float | None = Field(default=None, ge=0, le=1)
     mask_image: ImageInput | None = None
     mask_source: MaskSource | None = None
+    noise_level: int | None = Field(default=None, ge=0, le=350)
+    output_format: OutputFormat = OutputFormat.PNG
     extras: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -146,10 +164,11 @@ class GenerationRequest(BaseModel):
 
 
 class Artifact(BaseModel):
-    """One generated image: PNG bytes plus what produced it.
+    """One generated image: encoded bytes plus what produced it.
 
     ``index``: 0-based sample index; ``seed``: the uint32 seed that produced it;
-    ``width``/``height`` in pixels; ``mime`` always ``image/png`` from the runner.
+    ``width``/``height`` in pixels; ``mime``: ``image/png`` (default), ``image/jpeg`` or
+    ``image/webp``, following the request's ``output_format``.
     """
 
     model_config = ConfigDict(frozen=True, ser_json_bytes="base64", val_json_bytes="base64")
