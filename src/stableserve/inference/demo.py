@@ -9,7 +9,7 @@ schedulers, VAE scale factors, upscaler noise levels) is the one real weights ta
 images are noise-like. Configurations follow the public model cards' ``config.json`` files
 (stable-diffusion-v1-5, stable-diffusion-2-1(-base), stable-diffusion-2-inpainting,
 stable-diffusion-xl-base-1.0, stable-diffusion-3-medium-diffusers, stable-diffusion-x4-upscaler,
-Real-ESRGAN x2plus) with every width shrunk, and the dummy components of diffusers' own tests.
+Real-ESRGAN x2plus and x4plus) with every width shrunk, and the dummy components of diffusers' own tests.
 What is kept from the real models:
 
 - VAE scale factor 8 (4 VAE blocks; 3 for the x4 upscaler, factor 4), latent channels (4, or 16
@@ -19,7 +19,8 @@ What is kept from the real models:
 - UNet ``sample_size`` (hence the pipelines' default size), SDXL's micro-conditioning
   (``text_time``), SD3's three text encoders (CLIP-L, CLIP-G and T5, whose width the joint
   attention takes), the x4 upscaler's 7-channel UNet with noise-level
-  class embeddings, the inpainting 9-channel UNet, Real-ESRGAN x2plus's pixel-unshuffle input.
+  class embeddings, the inpainting 9-channel UNet, Real-ESRGAN x2plus's pixel-unshuffle input
+  and x4plus's plain RGB input with two x2 up-convolutions.
 
 No CLIP vocabulary can be downloaded, so a deterministic byte-level BPE vocabulary is generated
 here (CLIP's ``bytes_to_unicode`` alphabet, each symbol also with ``</w>``, merges learned from
@@ -29,8 +30,11 @@ in CLIP), and likewise a small Unigram vocabulary for SD3's T5 tokenizer.
 What differs, for CPU speed: UNets attend one level lower than the real ones (never at full
 latent resolution), transformer/encoder depths are 1-2 layers, widths 8-128.
 
-Pipelines are cached under ``<home>/demo/<family>-<DEMO_VERSION>`` (``ensure_demo_pipeline``);
-bump ``DEMO_VERSION`` whenever a configuration, seed or the vocabulary changes.
+Pipelines are cached under ``<home>/demo/<family>-<DEMO_VERSION>`` (``ensure_demo_pipeline``),
+the x4 ESRGAN network under ``<home>/demo/upscaler-esrgan-x4-<DEMO_VERSION>``: the ESRGAN family
+has one demo per scale (``scale=2``, the default, x2plus-style; ``scale=4`` x4plus-style), the
+other families one each. Bump ``DEMO_VERSION`` whenever a configuration, seed or the vocabulary
+changes.
 """
 
 from __future__ import annotations
@@ -80,6 +84,27 @@ _SEEDS: dict[Family, int] = {
     Family.UPSCALER_LATENT_X4: 6000,
     Family.UPSCALER_ESRGAN: 7000,
 }
+_ESRGAN_X4_SEED = 7100
+"""Base seed of the x4plus-style ESRGAN demo (the x2plus-style one uses the family's 7000)."""
+
+ESRGAN_SCALES = (2, 4)
+"""Scales of the ESRGAN demo networks (``scale`` of ``ensure_demo_pipeline``); 2 is the default."""
+
+
+def _variant(family: Family, scale: int | None) -> str:
+    """Folder-name suffix of the demo of ``family`` at ``scale``: ``""`` or ``"-x4"``.
+
+    Raises ``ValueError`` for a scale other than None/2/4 on ESRGAN, or any scale elsewhere.
+    """
+    if family == Family.UPSCALER_ESRGAN:
+        if scale is None or scale == 2:
+            return ""
+        if scale == 4:
+            return "-x4"
+        raise ValueError(f"no ESRGAN demo with scale {scale!r}; scales: {ESRGAN_SCALES}")
+    if scale is not None:
+        raise ValueError(f"family {family.value!r} has one demo pipeline; scale must be None, not {scale!r}")
+    return ""
 
 
 def _clip_config(hidden: int, layers: int, heads: int, projection_dim: int):
@@ -369,26 +394,33 @@ def _build_latent_upscaler(family: Family, seeds: _Seeds):
     )
 
 
-def esrgan_demo_model():
-    """The demo Real-ESRGAN x2plus-style network (spandrel's ``RRDBNet``), random weights.
+def esrgan_demo_model(scale: int = 2):
+    """The demo Real-ESRGAN network of ``scale`` (spandrel's ``RRDBNet``), random weights.
 
-    Old-arch RRDBNet: 12 input channels (pixel-unshuffle by 2 of RGB), 16 features, 1 RRDB
-    block, two x2 up-convolutions (x4 internally, x2 overall). The growth channels are 32:
-    spandrel's class fixes them (its loader could not read another value back).
+    ``scale=2`` (x2plus-style): old-arch RRDBNet with 12 input channels (pixel-unshuffle by 2
+    of RGB), 16 features, 1 RRDB block, two x2 up-convolutions (x4 internally, x2 overall).
+    ``scale=4`` (x4plus-style): 3 input channels (plain RGB, no unshuffle), 16 features, 1 RRDB
+    block, two x2 up-convolutions (x4 overall). Either maps a (N, 3, H, W) float tensor in 0..1
+    to (N, 3, H*scale, W*scale). The growth channels are 32: spandrel's class fixes them (its
+    loader could not read another value back). Raises ``ValueError`` for another scale.
     """
     from stableserve.inference.spandrel_compat import import_spandrel
 
+    if scale not in ESRGAN_SCALES:
+        raise ValueError(f"no ESRGAN demo with scale {scale!r}; scales: {ESRGAN_SCALES}")
     import_spandrel()
     from spandrel.architectures.ESRGAN import ESRGAN
 
+    if scale == 4:
+        return ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=1, scale=4).eval()
     return ESRGAN(in_nc=12, out_nc=3, num_filters=16, num_blocks=1, scale=4, shuffle_factor=2).eval()
 
 
-def _build_esrgan(dest: Path, seeds: _Seeds) -> None:
+def _build_esrgan(dest: Path, seeds: _Seeds, scale: int = 2) -> None:
     from safetensors.torch import save_file
 
     seeds.next()
-    model = esrgan_demo_model()
+    model = esrgan_demo_model(scale)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     dest.mkdir(parents=True, exist_ok=True)
     # One metadata key only: safetensors writes a multi-key header in hash order (not reproducible).
@@ -428,23 +460,27 @@ def _quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def build_demo_pipeline(family: Family, dest: Path) -> None:
+def build_demo_pipeline(family: Family, dest: Path, *, scale: int | None = None) -> None:
     """Build the tiny pipeline of ``family`` with fixed seeds and save it at ``dest``.
 
     Diffusers families: ``save_pretrained`` writes a diffusers folder (``model_index.json``,
     one sub-folder per component, safetensors weights, float32) loadable with
     ``DiffusionPipeline.from_pretrained(dest)``. ``UPSCALER_ESRGAN``: a single
-    ``dest/model.safetensors`` holding a Real-ESRGAN x2plus-style RRDBNet state dict that
-    ``spandrel.ModelLoader().load_from_file`` detects as ESRGAN, scale 2. Weights are identical
-    on every build (same bytes); the caller's RNG state is left untouched. ``dest`` is created
-    if needed; existing files in it are overwritten. Raises ``ValueError`` for an unknown family.
+    ``dest/model.safetensors`` holding a Real-ESRGAN RRDBNet state dict that
+    ``spandrel.ModelLoader().load_from_file`` detects as ESRGAN of scale ``scale``: None or 2
+    gives the x2plus-style network, 4 the x4plus-style one (``esrgan_demo_model``). Weights
+    are identical on every build (same bytes); the caller's RNG state is left untouched.
+    ``dest`` is created if needed; existing files in it are overwritten. Raises
+    ``ValueError`` for an unknown family, or a ``scale`` other than None/2/4 for ESRGAN and
+    other than None for the other families.
     """
     family = Family(family)
     dest = Path(dest)
+    x4 = _variant(family, scale) == "-x4"
     with _isolated_rng():
-        seeds = _Seeds(_SEEDS[family])
+        seeds = _Seeds(_ESRGAN_X4_SEED if x4 else _SEEDS[family])
         if family == Family.UPSCALER_ESRGAN:
-            _build_esrgan(dest, seeds)
+            _build_esrgan(dest, seeds, 4 if x4 else 2)
             return
         builder = _PIPELINE_BUILDERS.get(family)
         if builder is None:  # pragma: no cover - every Family member is mapped
@@ -472,8 +508,12 @@ def _file_lock(path: Path) -> Iterator[None]:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def ensure_demo_pipeline(family: Family, root: Path) -> Path:
-    """Return ``root/f"{family.value}-{DEMO_VERSION}"``, building the demo pipeline there on first use.
+def ensure_demo_pipeline(family: Family, root: Path, *, scale: int | None = None) -> Path:
+    """Return ``demo_folder(family, root, scale=scale)``, building the demo pipeline there on first use.
+
+    That is ``root/f"{family.value}-{DEMO_VERSION}"``, or ``root/f"upscaler-esrgan-x4-{DEMO_VERSION}"``
+    for the ESRGAN family with ``scale=4`` (see ``build_demo_pipeline`` for ``scale`` and its
+    ``ValueError``).
 
     Safe under concurrency (threads and processes): a ``fcntl.flock`` on
     ``root/.<name>.lock`` lets one builder in at a time; the pipeline is built into a temporary
@@ -484,7 +524,9 @@ def ensure_demo_pipeline(family: Family, root: Path) -> Path:
     is used. ``root`` is created if missing. Building takes a few seconds on CPU.
     """
     family = Family(family)
-    final = demo_folder(family, root)
+    final = demo_folder(family, root, scale=scale)
+    # The default variant is built with the two-argument call (as before scales existed).
+    variant = {"scale": scale} if _variant(family, scale) else {}
     root = final.parent
     if _is_complete(final, family):
         return final
@@ -499,7 +541,7 @@ def ensure_demo_pipeline(family: Family, root: Path) -> Path:
             shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
         try:
-            build_demo_pipeline(family, tmp)
+            build_demo_pipeline(family, tmp, **variant)
             tmp.chmod(0o755)  # mkdtemp makes it 0700; the server may run as another user
             try:
                 os.rename(tmp, final)  # atomic; fails if `final` appeared meanwhile
@@ -512,6 +554,11 @@ def ensure_demo_pipeline(family: Family, root: Path) -> Path:
     return final
 
 
-def demo_folder(family: Family, root: Path) -> Path:
-    """Where ``ensure_demo_pipeline`` keeps ``family``'s demo pipeline (may not exist yet)."""
-    return Path(root).expanduser() / f"{Family(family).value}-{DEMO_VERSION}"
+def demo_folder(family: Family, root: Path, *, scale: int | None = None) -> Path:
+    """Where ``ensure_demo_pipeline`` keeps ``family``'s demo pipeline at ``scale`` (may not exist yet).
+
+    ``root/f"{family}-{DEMO_VERSION}"``; the x4 ESRGAN demo (``scale=4``) is
+    ``root/f"upscaler-esrgan-x4-{DEMO_VERSION}"``. Raises ``ValueError`` for an unknown scale.
+    """
+    family = Family(family)
+    return Path(root).expanduser() / f"{family.value}{_variant(family, scale)}-{DEMO_VERSION}"

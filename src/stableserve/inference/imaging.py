@@ -1,4 +1,4 @@
-"""Pixel-level helpers of the runner: masks from the three v1 mask sources, compositing, PNG bytes.
+"""Pixel-level helpers of the runner: masks from the three v1 mask sources, compositing, encoding.
 
 Mask convention inside stableserve: a float array ``m`` of shape (H, W) in 0..1 where 1 means
 "replace this pixel fully" and 0 "keep it exactly" (CONTRACT.md §2.4 ``mask_source``).
@@ -12,7 +12,10 @@ import numpy as np
 from PIL import Image
 
 from stableserve.core.images import decode_image
-from stableserve.core.types import GenerationRequest, MaskSource
+from stableserve.core.types import GenerationRequest, MaskSource, OutputFormat
+
+LOSSY_QUALITY = 95
+"""Quality (Pillow's 1..100 scale) of the lossy JPEG and WEBP encodings."""
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -62,4 +65,26 @@ def png_bytes(img: Image.Image) -> bytes:
     """Deterministic PNG encoding (no timestamps or metadata): same pixels, same bytes."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_image(img: Image.Image, fmt: OutputFormat | str = OutputFormat.PNG) -> bytes:
+    """Encode ``img`` as ``fmt`` (``png``, ``jpeg`` or ``webp``): same pixels, same bytes.
+
+    PNG: ``png_bytes`` (the image's own mode, lossless). JPEG: RGB, quality ``LOSSY_QUALITY``
+    (95), baseline, Pillow's default 4:2:0 chroma subsampling. WEBP: RGB, lossy
+    (``lossless=False``), quality 95. JPEG and WEBP carry no metadata (no EXIF, ICC profile,
+    XMP or comment, even if ``img.info`` holds some) and alpha is dropped. Raises
+    ``ValueError`` for an unknown format.
+    """
+    fmt = OutputFormat(fmt)
+    if fmt == OutputFormat.PNG:
+        return png_bytes(img)
+    clean = to_rgb(img).copy()
+    clean.info = {}  # Pillow writes some keys of ``info`` (e.g. a JPEG comment) back out
+    buf = io.BytesIO()
+    if fmt == OutputFormat.JPEG:
+        clean.save(buf, format="JPEG", quality=LOSSY_QUALITY, optimize=False, progressive=False)
+    else:
+        clean.save(buf, format="WEBP", lossless=False, quality=LOSSY_QUALITY, method=4, exact=False)
     return buf.getvalue()

@@ -134,9 +134,14 @@ def weights_location(engine: EngineSpec, settings: Settings) -> Path:
         )
 
     if src.kind == "demo":
-        from stableserve.inference.demo import ensure_demo_pipeline
+        from stableserve.inference.demo import ESRGAN_SCALES, ensure_demo_pipeline
 
-        return ensure_demo_pipeline(engine.family, settings.demo_dir)
+        # ESRGAN engines get the demo network of their own scale (x2plus- or x4plus-style);
+        # another factor falls back to the x2 one (the runner resizes to the requested size).
+        scale = None
+        if engine.family == Family.UPSCALER_ESRGAN and engine.upscale_factor in ESRGAN_SCALES:
+            scale = engine.upscale_factor
+        return ensure_demo_pipeline(engine.family, settings.demo_dir, scale=scale)
     if src.kind == "local":
         path = Path(src.path or "").expanduser()
         if not path.exists():

@@ -3,8 +3,13 @@
 Tasks (CONTRACT.md §2.4): text-to-image; image-to-image (``schedule_start`` = diffusers
 ``strength``, ``schedule_end`` stops denoising early); masking (mask from a white-mask image,
 a black-mask image or the init image's alpha; unmasked pixels come back exactly); upscale
-(ESRGAN-family via spandrel, or the SD x4 latent upscaler with prompts), resized to the
-requested width or height.
+(ESRGAN-family via spandrel, or the SD x4 latent upscaler with prompts and ``noise_level``),
+resized to the requested width or height. The latent upscaler works on the input shrunk to about
+a quarter of the requested size when that is smaller than the input, so its time and memory
+follow the output asked for.
+
+Artifacts are encoded as ``request.output_format`` (PNG, JPEG or WEBP; ``imaging.encode_image``,
+deterministic bytes) and carry its media type in ``Artifact.mime``.
 
 Seeds: sample ``i`` uses ``seed + i`` (mod 2**32) through its own ``torch.Generator``, so the
 same seed and parameters give identical pixels. Samples run in batches of at most
@@ -29,7 +34,7 @@ from stableserve.core.presets import apply_style_preset
 from stableserve.core.types import SEED_MAX, Artifact, GenerationRequest, Task
 from stableserve.core.validation import resolve
 from stableserve.errors import GenerationCancelled, GenerationFailed, StableServeError
-from stableserve.inference.imaging import composite, pipeline_mask, png_bytes, replace_mask, to_rgb
+from stableserve.inference.imaging import composite, encode_image, pipeline_mask, replace_mask, to_rgb
 from stableserve.inference.loading import LoadedEngine
 from stableserve.inference.model_cache import ModelCache
 from stableserve.inference.prompts import encode_prompts
@@ -148,7 +153,12 @@ class Runner:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
     ) -> list[Artifact]:
-        """Generate ``request.samples`` artifacts (PNG, ``index`` 0.., ``seed`` per sample)."""
+        """Generate ``request.samples`` artifacts (``index`` 0.., ``seed`` per sample).
+
+        Each is encoded as ``request.output_format`` with the matching ``mime`` and is
+        ``request.width`` x ``request.height`` pixels (for masking and image-to-image: the init
+        image's size).
+        """
         engine = self.registry.get(request.engine_id)
         loaded = self.cache.get(engine)
         try:
@@ -162,8 +172,16 @@ class Runner:
         except Exception as exc:  # pipeline failures become one clean domain error
             raise GenerationFailed(f"generation failed on {engine.id}: {type(exc).__name__}: {exc}") from exc
         seeds = sample_seeds(request.seed, request.samples)
+        fmt = request.output_format
         return [
-            Artifact(index=i, seed=seeds[i], width=img.width, height=img.height, data=png_bytes(img))
+            Artifact(
+                index=i,
+                seed=seeds[i],
+                mime=fmt.mime,
+                width=img.width,
+                height=img.height,
+                data=encode_image(img, fmt),
+            )
             for i, img in enumerate(images)
         ]
 
@@ -263,7 +281,8 @@ class Runner:
         cancel: threading.Event | None,
     ) -> list[Image.Image]:
         engine, base = loaded.engine, loaded.pipeline
-        assert req.sampler is not None and req.steps is not None
+        assert req.sampler is not None and req.steps is not None and req.width and req.height
+        image = latent_upscale_input(image, (req.width, req.height), engine.upscale_factor or 4)
         scheduler = make_noise_scheduler(req.sampler, base.scheduler.config, engine.family, req.seed)
         pipe = _task_view(type(base), base, scheduler)
         prompts = apply_style_preset(req.style_preset, req.prompts)
@@ -272,6 +291,9 @@ class Runner:
             if prompts
             else {"prompt": ""}
         )
+        extra: dict[str, Any] = {}
+        if req.noise_level is not None:
+            extra["noise_level"] = req.noise_level
         images = []
         total = req.samples * req.steps
         for i, seed in enumerate(sample_seeds(req.seed, req.samples)):
@@ -285,9 +307,32 @@ class Runner:
                 output_type="pil",
                 callback=hook.legacy,
                 callback_steps=1,
+                **extra,
             )
             images.append(out.images[0])
         return images
+
+
+def latent_upscale_input(image: Image.Image, output: tuple[int, int], factor: int = 4) -> Image.Image:
+    """The input a latent upscaler of ``factor`` should see for an ``output`` (width, height).
+
+    When ``output`` is smaller than ``factor`` times ``image`` (both in pixels), returns
+    ``image`` resized (LANCZOS) to about ``output / factor``: each side rounded to a multiple
+    of 8, at least 8, and never larger than the input's side, so that the upscaler's time and
+    memory follow the requested output. Otherwise (or when that size equals the input's)
+    returns ``image`` itself. The upscaler's output is resized to exactly ``output`` afterwards.
+    """
+    (in_w, in_h), (out_w, out_h) = image.size, output
+    if out_w >= in_w * factor and out_h >= in_h * factor:
+        return image
+
+    def side(n: int, limit: int) -> int:
+        return min(limit, max(8, 8 * round(n / factor / 8)))
+
+    size = (side(out_w, in_w), side(out_h, in_h))
+    if size == image.size:
+        return image
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _spandrel_upscale(loaded: LoadedEngine, image: Image.Image) -> Image.Image:
