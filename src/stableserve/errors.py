@@ -87,3 +87,10 @@ class Overloaded(StableServeError):
     """Admission control refused new work (queue full); retry later (HTTP 503)."""
 
     code = "overloaded"
+
+
+class PayloadTooLarge(StableServeError):
+    """The request body exceeds the protocol's limit (HTTP 413 ``payload_too_large``; REST v2beta:
+    10 MiB, CONTRACT.md §3.1). Raised before the body is read into memory."""
+
+    code = "payload_too_large"

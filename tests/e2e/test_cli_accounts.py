@@ -77,7 +77,7 @@ def test_errors_exit_2_without_traceback(home):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr
     r = cli(home, "db", "upgrade")
-    assert r.returncode == 0 and "is at revision 0001" in r.stdout, r.stderr
+    assert r.returncode == 0 and "is at revision 0002" in r.stdout, r.stderr
 
 
 def test_commands_wait_for_a_concurrent_writer(home):

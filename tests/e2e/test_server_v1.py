@@ -7,73 +7,28 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 from PIL import Image
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cli(env: dict, *args: str) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "stableserve", *args], env=env, capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
+from tests.e2e.conftest import running_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, stableserve_home):
     """A running server on a fresh data dir; yields (API_HOST, STABILITY_API_KEY, workdir)."""
     home = tmp_path_factory.mktemp("e2e-home")
-    (stableserve_home / "demo").mkdir(exist_ok=True)
-    (home / "demo").symlink_to(stableserve_home / "demo", target_is_directory=True)
-    env = {**os.environ, "STABLESERVE_HOME": str(home)}
-    _cli(env, "db", "upgrade")
-    _cli(env, "orgs", "create", "e2e", "--credits", "1000")
-    key = _cli(env, "keys", "create", "--org", "e2e")
-    assert key.startswith("sk-") and "\n" not in key
-    port = _free_port()
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stableserve", "serve", "--port", str(port), "--engines", "demo"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    host = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if requests.get(f"{host}/v1/engines/list", timeout=2).status_code == 401:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server did not start: " + (home / "server.log").read_text())
-    work = home / "client"
-    (work / "out").mkdir(parents=True)
-    Image.new("RGB", (512, 512), (20, 40, 160)).save(work / "init_image.png")
-    mask = Image.new("L", (512, 512), 0)
-    mask.paste(255, (128, 128, 384, 384))
-    mask.save(work / "mask_image_white.png")
-    yield host, key, work
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with running_server(home, stableserve_home / "demo") as srv:
+        work = home / "client"
+        (work / "out").mkdir(parents=True)
+        Image.new("RGB", (512, 512), (20, 40, 160)).save(work / "init_image.png")
+        mask = Image.new("L", (512, 512), 0)
+        mask.paste(255, (128, 128, 384, 384))
+        mask.save(work / "mask_image_white.png")
+        yield srv.host, srv.key, work
 
 
 def _png(data: bytes) -> Image.Image:

@@ -141,7 +141,7 @@ def test_latent_upscaler_pre_resizes_to_the_requested_output(runner, monkeypatch
     assert (small.width, small.height) == (72, 36)
     assert _open(small.data).size == (72, 36)
     assert seen[-1] == (16, 8)  # 72/4 = 18 -> 16, 36/4 = 9 -> 8
-    full = runner.generate(_latent(init_image=encode(gradient(24, 16))))[0]  # 4x: no pre-resize
+    full = runner.generate(_latent(init_image=encode(gradient(24, 16))))[0]  # exactly 4x: no resize
     assert (full.width, full.height) == (96, 64) and seen[-1] == (24, 16)
 
 
@@ -150,10 +150,10 @@ def test_latent_upscaler_pre_resizes_to_the_requested_output(runner, monkeypatch
     [
         ((64, 32), (72, 36), (16, 8)),  # rounded to multiples of 8
         ((64, 32), (256, 128), (64, 32)),  # exactly 4x: unchanged
-        ((64, 32), (512, 256), (64, 32)),  # larger than 4x: unchanged
+        ((64, 32), (512, 256), (128, 64)),  # larger than 4x: enlarged first, diffusion does 4x
         ((64, 64), (20, 20), (8, 8)),  # at least 8
         ((100, 100), (396, 396), (96, 96)),
-        ((6, 6), (20, 20), (6, 6)),  # never larger than the input
+        ((6, 6), (20, 20), (8, 8)),
     ],
 )
 def test_latent_upscale_input_sizes(size, output, expected) -> None:

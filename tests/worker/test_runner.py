@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 
 import numpy as np
@@ -237,3 +238,24 @@ def test_bad_requests_are_domain_errors(runner):
             )
         )
     assert exc.value.code == "invalid_mime_type"
+
+
+@pytest.mark.parametrize(
+    "engine_id", ["sd3.5-large", "stable-diffusion-xl-1024-v1-0", "stable-diffusion-v1-5"]
+)
+def test_image_to_image_keeps_the_init_size_in_every_family(runner, engine_id):
+    """SD3's img2img pipeline would default to 1024 x 1024; the output is the init image's size."""
+    req = t2i(engine_id, task=Task.IMAGE_TO_IMAGE, init_image=encode(gradient(128, 64)), steps=2)
+    out = runner.generate(req)[0]
+    assert (out.width, out.height) == (128, 64)
+    assert Image.open(io.BytesIO(out.data)).size == (128, 64)
+
+
+def test_strength_zero_still_runs_one_step(runner):
+    """schedule_start 0 (v1 image_strength 1, v2beta strength 0) is raised to one step."""
+    calls = []
+    req = t2i("stable-diffusion-v1-5", task=Task.IMAGE_TO_IMAGE, init_image=encode(gradient(64, 64)), steps=4)
+    out = runner.generate(
+        req.model_copy(update={"schedule_start": 0.0}), progress=lambda d, t: calls.append(d)
+    )
+    assert out[0].width == 64 and len(calls) == 1

@@ -1,8 +1,9 @@
 """``build_app(settings)``: the FastAPI application with every protocol router, error handlers and lifespan.
 
 Errors are rendered in the shape of the protocol a path belongs to (REST v1 family:
-``{"id", "name", "message"}``); the ``id`` is unique per request and appears in the server's
-log line for that request (and in the ``x-request-id`` response header).
+``{"id", "name", "message"}``; REST v2beta/v2alpha: ``{"id", "name", "errors"}``); the ``id``
+is unique per request and appears in the server's log line for that request (and in the
+``x-request-id`` response header).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from stableserve import __version__
 from stableserve.api.deps import AppState
 from stableserve.api.errors import HttpError, http_error, new_request_id
+from stableserve.api.limits import BodyLimit
 from stableserve.api.rest_v1.router import build_router
+from stableserve.api.rest_v2beta.errors import V2_PREFIXES, is_v2_path, v2_body
+from stableserve.api.rest_v2beta.router import build_router as build_v2beta_router
 from stableserve.api.service import GenerationService
 from stableserve.core.engines import EngineRegistry, load_registry
-from stableserve.errors import StableServeError
+from stableserve.errors import PayloadTooLarge, StableServeError
 from stableserve.settings import Settings
 
 log = logging.getLogger("stableserve.api")
@@ -39,8 +43,16 @@ def _v1_body(request: Request, err: HttpError) -> JSONResponse:
 
 
 def render_error(request: Request, err: HttpError) -> JSONResponse:
-    """The error response for ``request``'s protocol (REST v1 family for now)."""
+    """The error response for ``request``'s protocol (v2 paths: v2 body; else the v1 body)."""
+    if is_v2_path(request.url.path):
+        rid = getattr(request.state, "request_id", None) or new_request_id()
+        return v2_body(rid, err, request.url.path)
     return _v1_body(request, err)
+
+
+def _render_too_large(scope, exc: PayloadTooLarge) -> JSONResponse:
+    rid = scope.get("state", {}).get("request_id") or new_request_id()
+    return v2_body(rid, http_error(exc), scope["path"])
 
 
 def _install_handlers(app: FastAPI) -> None:
@@ -163,12 +175,14 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     app = FastAPI(
         title="stableserve",
         version=__version__,
-        description="Self-hosted Stability AI Platform API (REST v1 family) on open diffusion models.",
+        description="Self-hosted Stability AI Platform API (REST v1, v2beta) on open diffusion models.",
         lifespan=lifespan,
     )
     app.state.stableserve = state
     _install_handlers(app)
-    app.add_middleware(RequestContext)
+    app.add_middleware(BodyLimit, render=_render_too_large, prefixes=V2_PREFIXES)
+    app.add_middleware(RequestContext)  # outermost: the request id exists for every answer
     for flavor in ("v1", "v1beta", "v1alpha"):
         app.include_router(build_router(flavor), prefix=f"/{flavor}")
+    app.include_router(build_v2beta_router(), prefix="/v2beta")
     return app

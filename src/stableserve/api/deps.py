@@ -15,7 +15,7 @@ from starlette.datastructures import FormData
 
 from stableserve.api.service import GenerationService, Principal
 from stableserve.core.engines import EngineRegistry
-from stableserve.errors import InvalidRequest, Unauthorized
+from stableserve.errors import InvalidRequest, StableServeError, Unauthorized
 from stableserve.settings import Settings
 
 MAX_FORM_FILES = 4
@@ -90,6 +90,8 @@ async def read_form(request: Request) -> FormData:
         raise InvalidRequest("content-type: must be multipart/form-data", param="content-type")
     try:
         return await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+    except StableServeError:  # e.g. PayloadTooLarge from the body limit
+        raise
     except Exception as exc:  # starlette raises MultiPartException / HTTPException for bad bodies
         raise InvalidRequest(f"body: malformed multipart/form-data ({exc})", param="body") from None
 

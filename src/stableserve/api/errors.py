@@ -54,8 +54,8 @@ def http_error(exc: Exception) -> HttpError:
     InvalidRequest 400 (its code when the contract knows it, else ``bad_request``), Unauthorized
     401, PermissionDenied 403, NotFound 404, InsufficientCredits 402 ``insufficient_credits``,
     EngineNotReady 503 ``engine_not_ready``, Overloaded 503 ``overloaded`` (Retry-After 5),
-    GenerationCancelled 499-like 400 ``cancelled``, anything else 500 ``server_error`` with a
-    generic message (the details only go to the log).
+    PayloadTooLarge 413 ``payload_too_large``, GenerationCancelled 499-like 400 ``cancelled``,
+    anything else 500 ``server_error`` with a generic message (the details only go to the log).
     """
     if isinstance(exc, e.InvalidRequest):
         name = exc.code if exc.code in V1_400_NAMES else "bad_request"
@@ -72,6 +72,8 @@ def http_error(exc: Exception) -> HttpError:
         return HttpError(503, "engine_not_ready", exc.message, {"Retry-After": "60"})
     if isinstance(exc, e.Overloaded):
         return HttpError(503, "overloaded", exc.message, {"Retry-After": "5"})
+    if isinstance(exc, e.PayloadTooLarge):
+        return HttpError(413, "payload_too_large", exc.message)
     if isinstance(exc, e.GenerationCancelled):
         return HttpError(400, "cancelled", exc.message)
     return HttpError(500, "server_error", SERVER_ERROR_MESSAGE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -50,17 +51,21 @@ class GenerationService:
         self.registry = registry
         self.jobs = job_client
 
-    def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, Decimal]:
+    def prepare(
+        self, request: GenerationRequest, per_image: float | None = None
+    ) -> tuple[GenerationRequest, Decimal]:
         """Resolve ``request`` against its engine and price it (credits, 6 decimals).
 
-        Blocking (decodes images): call it from a worker thread.
+        ``per_image``: a flat price per image (a registry product's ``credits``) instead of the
+        engine's price rule. Blocking (decodes images): call it from a worker thread.
         """
         engine = self.registry.get(request.engine_id)
         resolved = resolve(request, engine)
         ready = readiness(engine, self.settings)
         if not ready.ready:
             raise EngineNotReady(ready.reason)
-        return resolved, Decimal(str(price(engine, resolved)))
+        credits = price(engine, resolved) if per_image is None else per_image * resolved.samples
+        return resolved, Decimal(str(round(credits, 6)))
 
     async def generate(
         self,
@@ -68,9 +73,13 @@ class GenerationService:
         request: GenerationRequest,
         *,
         disconnected: Callable[[], Awaitable[bool]] | None = None,
+        per_image: float | None = None,
     ) -> list[Artifact]:
-        """Run ``request`` for ``principal``; a client that disconnects cancels its job (credits released)."""
-        resolved, credits = await run_in_threadpool(self.prepare, request)
+        """Run ``request`` for ``principal``; a client that disconnects cancels its job (credits released).
+
+        ``per_image``: flat credits per image (see ``prepare``).
+        """
+        resolved, credits = await run_in_threadpool(self.prepare, request, per_image)
         job_id = await run_in_threadpool(
             self.jobs.submit, resolved, org_id=principal.org_id, key_id=principal.key_id, price=credits
         )
@@ -82,6 +91,35 @@ class GenerationService:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+
+    async def submit(
+        self, principal: Principal, request: GenerationRequest, *, per_image: float | None = None
+    ) -> str:
+        """Queue ``request`` as an asynchronous job whose result is kept in the ArtifactStore
+        (``settings.results.retention_s``, 24 h); returns the job id (64 hex characters).
+
+        Credits are reserved now and captured only when the job succeeds. Raises what
+        ``prepare`` and ``JobClient.submit`` raise.
+        """
+        resolved, credits = await run_in_threadpool(self.prepare, request, per_image)
+        return await run_in_threadpool(
+            functools.partial(
+                self.jobs.submit,
+                resolved,
+                org_id=principal.org_id,
+                key_id=principal.key_id,
+                price=credits,
+                store_result=True,
+            )
+        )
+
+    async def fetch(self, principal: Principal, job_id: str) -> list[Artifact] | None:
+        """The stored result of an asynchronous job of ``principal``'s organization.
+
+        ``None`` while it is queued or running; its artifacts once succeeded. Raises
+        ``NotFound`` (unknown, expired, or another organization's job) or the job's own error.
+        """
+        return await run_in_threadpool(functools.partial(self.jobs.fetch, job_id, org_id=principal.org_id))
 
     async def _watch(self, job_id: str, disconnected: Callable[[], Awaitable[bool]]) -> None:
         while True:

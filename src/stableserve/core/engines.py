@@ -183,13 +183,63 @@ class EngineSpec(BaseModel):
         return tuple(Sampler)
 
 
+class ProductSpec(BaseModel):
+    """One product of the registry's ``products:`` mapping.
+
+    - ``engine``: id of the engine that serves it (must exist in the registry).
+    - ``credits``: flat price per successful image (CONTRACT.md §3.3, 2026-09 column).
+    - ``cfg_scale``: default guidance scale (e.g. 4 for SD 3.5 Large, 1 for Turbo); ``None`` =
+      the request's default.
+    - ``steps``: denoising steps; ``None`` = the engine's default.
+    - ``negative_prompt``: whether a negative prompt is accepted (False for turbo models: a
+      negative prompt is refused with 400, as Stability documents).
+    - ``output_pixels``: target output area of a diffusion upscaler (conservative: 4 MP).
+    - ``noise_level_per_creativity``: x4 upscaler ``noise_level`` = ``creativity`` x this.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: str = Field(min_length=1)
+    credits: float = Field(ge=0)
+    cfg_scale: float | None = Field(default=None, ge=0, le=35)
+    steps: int | None = Field(default=None, ge=1, le=150)
+    negative_prompt: bool = True
+    output_pixels: int | None = Field(default=None, ge=1)
+    noise_level_per_creativity: float | None = Field(default=None, ge=0, le=700)
+
+
 class EngineRegistry(BaseModel):
-    """A validated registry: ``engines`` keyed by id, in file order. ``origin`` names the file."""
+    """A validated registry: ``engines`` keyed by id, in file order; ``products`` (v2beta
+    product name -> ``ProductSpec``) and ``product_aliases`` (legacy name -> product name).
+    ``origin`` names the file."""
 
     model_config = ConfigDict(extra="forbid")
 
     engines: tuple[EngineSpec, ...]
+    products: dict[str, ProductSpec] = Field(default_factory=dict)
+    product_aliases: dict[str, str] = Field(default_factory=dict)
     origin: str = "<memory>"
+
+    @model_validator(mode="after")
+    def _products_resolve(self) -> EngineRegistry:
+        ids = {e.id for e in self.engines}
+        for name, product in self.products.items():
+            if product.engine not in ids:
+                raise ValueError(f"product {name!r}: engine {product.engine!r} is not in the registry")
+        for alias, target in self.product_aliases.items():
+            if target not in self.products:
+                raise ValueError(f"product alias {alias!r}: {target!r} is not a product")
+        return self
+
+    def product(self, name: str) -> tuple[ProductSpec, EngineSpec]:
+        """The product ``name`` (or a legacy alias of one) and the engine serving it.
+
+        Raises ``NotFound`` (param ``model``) when the registry does not offer it.
+        """
+        product = self.products.get(self.product_aliases.get(name, name))
+        if product is None:
+            raise NotFound(f"model: {name} is not served here", param="model")
+        return product, self.get(product.engine)
 
     @field_validator("engines")
     @classmethod
@@ -280,7 +330,12 @@ def demo_registry(base: EngineRegistry) -> EngineRegistry:
                 }
             )
         )
-    return EngineRegistry(engines=tuple(engines), origin=f"demo (from {base.origin})")
+    return EngineRegistry(
+        engines=tuple(engines),
+        products=base.products,
+        product_aliases=base.product_aliases,
+        origin=f"demo (from {base.origin})",
+    )
 
 
 def load_registry(spec: str) -> EngineRegistry:

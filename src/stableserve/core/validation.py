@@ -136,7 +136,10 @@ def _resolve_upscale(request: GenerationRequest, engine: EngineSpec, in_w: int, 
             code="invalid_pixel_count",
             param="width",
         )
-    if in_w * in_h * factor * factor > UPSCALE_MAX_INTERMEDIATE_PIXELS:
+    # The latent x4 upscaler first shrinks its input to output / 4 (runner), so only ESRGAN's
+    # native-factor pass can exceed the intermediate cap.
+    native = in_w * in_h * factor * factor
+    if engine.family == Family.UPSCALER_ESRGAN and native > UPSCALE_MAX_INTERMEDIATE_PIXELS:
         raise InvalidRequest(
             f"image: {in_w}x{in_h} is too large for a x{factor} upscaler",
             code="invalid_pixel_count",
@@ -185,8 +188,12 @@ def resolve(request: GenerationRequest, engine: EngineSpec) -> GenerationRequest
         # A random seed is never 0 itself, so the seed reported back reproduces the image.
         "seed": request.seed or 1 + secrets.randbelow(SEED_MAX),
     }
-    if request.schedule_start is None and request.task in (Task.IMAGE_TO_IMAGE, Task.MASKING):
-        updates["schedule_start"] = DEFAULT_SCHEDULE_START[request.task]
+    if request.task in (Task.IMAGE_TO_IMAGE, Task.MASKING):
+        start = request.schedule_start
+        start = DEFAULT_SCHEDULE_START[request.task] if start is None else start
+        # Diffusers runs int(steps * strength) steps and fails on 0: keep at least one step
+        # (an image strength of 1 / strength 0 then changes the init image only slightly).
+        updates["schedule_start"] = max(start, 1.0 / updates["steps"])
     if request.task == Task.TEXT_TO_IMAGE:
         width = request.width or engine.default_width
         height = request.height or engine.default_height

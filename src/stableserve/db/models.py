@@ -1,4 +1,5 @@
-"""The tables (SQLAlchemy 2 typed ORM). ``migrations/versions/0001_initial.py`` creates them.
+"""The tables (SQLAlchemy 2 typed ORM). ``migrations/versions/`` creates them (0001_initial,
+0002_job_results).
 
 Ids are strings with a readable prefix: ``org-`` + 24 hex, ``user-`` + 24 hex, ``key-`` + 16
 hex; job ids are 64 lowercase hex chars. Times are aware UTC datetimes; credit amounts are
@@ -11,7 +12,18 @@ import secrets
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stableserve.db.base import Base, Credits, UTCDateTime, utcnow
@@ -144,12 +156,16 @@ class Job(Base):
 
     ``state``: one of ``JOB_STATES``; ``request_json``: the ``GenerationRequest`` as JSON;
     ``price``: credits reserved for it; ``attempt``: executions started so far.
+    ``store_result``: the job's artifacts go to the ``ArtifactStore`` when it succeeds (an
+    asynchronous job, fetched later by id); ``expires_at``: when that stored result expires,
+    set only on a succeeded ``store_result`` job and cleared (NULL) once it is purged.
     """
 
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_state_created_at", "state", "created_at"),
         Index("ix_jobs_org_id_created_at", "org_id", "created_at"),
+        Index("ix_jobs_expires_at", "expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_job_id)
@@ -167,6 +183,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    store_result: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, state={self.state!r}, engine_id={self.engine_id!r})"

@@ -20,6 +20,7 @@ and ``cancel`` (a ``threading.Event``) is checked there: setting it raises
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -211,6 +212,9 @@ class Runner:
             assert req.init_image is not None
             init = decode_image(req.init_image.data, param="init_image")
             kwargs.update(image=to_rgb(init), strength=req.schedule_start)
+            if "width" in inspect.signature(pipe.__call__).parameters:
+                # SD3's img2img defaults to 1024 x 1024 rather than the image's size.
+                kwargs.update(width=init.width, height=init.height)
             if req.task == Task.MASKING:
                 mask = replace_mask(req, init)
                 kwargs.update(mask_image=pipeline_mask(mask), width=init.width, height=init.height)
@@ -316,20 +320,18 @@ class Runner:
 def latent_upscale_input(image: Image.Image, output: tuple[int, int], factor: int = 4) -> Image.Image:
     """The input a latent upscaler of ``factor`` should see for an ``output`` (width, height).
 
-    When ``output`` is smaller than ``factor`` times ``image`` (both in pixels), returns
-    ``image`` resized (LANCZOS) to about ``output / factor``: each side rounded to a multiple
-    of 8, at least 8, and never larger than the input's side, so that the upscaler's time and
-    memory follow the requested output. Otherwise (or when that size equals the input's)
-    returns ``image`` itself. The upscaler's output is resized to exactly ``output`` afterwards.
+    Returns ``image`` resized (LANCZOS) to about ``output / factor``: each side rounded to a
+    multiple of 8, at least 8, so the upscaler's time and memory follow the requested output
+    and the diffusion pass itself makes the whole enlargement (a 4 MP conservative upscale of
+    a small image enlarges it first, then diffuses at 4x). Returns ``image`` itself when it
+    already has that size. The upscaler's output is resized to exactly ``output`` afterwards.
     """
-    (in_w, in_h), (out_w, out_h) = image.size, output
-    if out_w >= in_w * factor and out_h >= in_h * factor:
-        return image
+    out_w, out_h = output
 
-    def side(n: int, limit: int) -> int:
-        return min(limit, max(8, 8 * round(n / factor / 8)))
+    def side(n: int) -> int:
+        return max(8, 8 * round(n / factor / 8))
 
-    size = (side(out_w, in_w), side(out_h, in_h))
+    size = (side(out_w), side(out_h))
     if size == image.size:
         return image
     return image.resize(size, Image.Resampling.LANCZOS)
