@@ -44,9 +44,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(home: Path, demo_dir: Path, credits: int = 1000) -> Iterator[Server]:
-    """Migrate ``home``, create org ``e2e`` with ``credits`` and a key, serve the demo engines
-    (pipelines shared through ``demo_dir``) until the block ends."""
+def running_server(
+    home: Path, demo_dir: Path, credits: int = 1000, engines: str = "demo"
+) -> Iterator[Server]:
+    """Migrate ``home``, create org ``e2e`` with ``credits`` and a key, serve ``engines`` (the
+    demo registry by default; demo pipelines shared through ``demo_dir``) until the block ends."""
     demo_dir.mkdir(exist_ok=True)
     (home / "demo").symlink_to(demo_dir, target_is_directory=True)
     env = {**os.environ, "STABLESERVE_HOME": str(home)}
@@ -57,7 +59,7 @@ def running_server(home: Path, demo_dir: Path, credits: int = 1000) -> Iterator[
     port = free_port()
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stableserve", "serve", "--port", str(port), "--engines", "demo"],
+        [sys.executable, "-m", "stableserve", "serve", "--port", str(port), "--engines", engines],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from PIL import Image
 
 from tests.e2e.conftest import cli, running_server
@@ -25,8 +26,24 @@ SAMPLES = Path(__file__).parent / "v2beta_samples"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, stableserve_home):
+    """The server ``make run`` starts: the demo registry as shipped."""
     home = tmp_path_factory.mktemp("e2e-v2-home")
     with running_server(home, stableserve_home / "demo") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def quick_server(tmp_path_factory, stableserve_home):
+    """The demo registry with the conservative upscale aiming at 0.25 MP instead of 4 MP (a 4 MP
+    x4-upscaler pass takes minutes on a CPU), written to a registry file and served from it."""
+    from stableserve.core.engines import load_registry
+
+    home = tmp_path_factory.mktemp("e2e-v2-quick")
+    reg = load_registry("demo")
+    body = reg.model_dump(mode="json", exclude={"origin"})
+    body["products"]["upscale-conservative"]["output_pixels"] = 512 * 512
+    (home / "engines.yaml").write_text(yaml.safe_dump(body))
+    with running_server(home, stableserve_home / "demo", engines=str(home / "engines.yaml")) as srv:
         yield srv
 
 
@@ -91,7 +108,7 @@ SYNC = [
         (1280, 832),
     ),
     ("upscale/fast", {}, (64, 48), (256, 192)),
-    ("upscale/conservative", {"prompt": "a lighthouse"}, (128, 128), (2048, 2048)),
+    ("upscale/conservative", {"prompt": "a lighthouse"}, (64, 64), (512, 512)),
 ]
 
 
@@ -99,7 +116,8 @@ SYNC = [
 @pytest.mark.parametrize(
     ("path", "data", "image", "size"), SYNC, ids=[f"{p}:{d.get('mode', '')}" for p, d, *_ in SYNC]
 )
-def test_sync_endpoints_in_both_accept_modes(server, accept, path, data, image, size):
+def test_sync_endpoints_in_both_accept_modes(quick_server, accept, path, data, image, size):
+    server = quick_server
     files = {"image": ("in.png", png(*image), "image/png")} if image else {"none": ""}
     r = requests.post(
         f"{server.host}/v2beta/stable-image/{path}",
@@ -122,7 +140,8 @@ def test_sync_endpoints_in_both_accept_modes(server, accept, path, data, image, 
     assert Image.open(io.BytesIO(data)).size == size
 
 
-def test_creative_upscale_json_poll_other_org_and_expiry(server):
+def test_creative_upscale_json_poll_other_org_and_expiry(quick_server):
+    server = quick_server
     auth = {"authorization": f"Bearer {server.key}"}
     r = requests.post(
         f"{server.host}/v2beta/stable-image/upscale/creative",

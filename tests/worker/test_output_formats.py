@@ -199,3 +199,24 @@ def test_demo_scale_is_checked(tmp_path: Path) -> None:
         demo_folder(Family.UPSCALER_ESRGAN, tmp_path, scale=3)
     with pytest.raises(ValueError):
         demo_folder(Family.SD1, tmp_path, scale=4)
+
+
+def test_vae_tiling_only_above_the_threshold() -> None:
+    from types import SimpleNamespace
+
+    from stableserve.inference.runner import TILED_DECODE_PIXELS, vae_tiling
+
+    calls: list[str] = []
+    vae = SimpleNamespace(
+        enable_tiling=lambda: calls.append("on"), disable_tiling=lambda: calls.append("off")
+    )
+    pipe = SimpleNamespace(vae=vae)
+    with vae_tiling(pipe, 1536, 1536):
+        assert calls == []
+    assert TILED_DECODE_PIXELS == 1536 * 1536
+    with pytest.raises(RuntimeError), vae_tiling(pipe, 2048, 2048):
+        assert calls == ["on"]
+        raise RuntimeError("pipeline failed")
+    assert calls == ["on", "off"]  # restored even on failure
+    with vae_tiling(None, 4096, 4096):  # ESRGAN: no VAE
+        pass

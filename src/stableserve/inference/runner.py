@@ -20,9 +20,10 @@ and ``cancel`` (a ``threading.Event``) is checked there: setting it raises
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -163,7 +164,7 @@ class Runner:
         engine = self.registry.get(request.engine_id)
         loaded = self.cache.get(engine)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), vae_tiling(loaded.pipeline, request.width, request.height):
                 if request.task == Task.UPSCALE:
                     images = self._upscale(loaded, request, progress, cancel)
                 else:
@@ -315,6 +316,30 @@ class Runner:
             )
             images.append(out.images[0])
         return images
+
+
+TILED_DECODE_PIXELS = 2_359_296
+"""Outputs above this many pixels (1536 x 1536) are VAE-decoded in tiles."""
+
+
+@contextlib.contextmanager
+def vae_tiling(pipeline: Any, width: int | None, height: int | None) -> Iterator[None]:
+    """Decode in overlapping tiles (diffusers ``AutoencoderKL.enable_tiling``) while generating
+    an output above ``TILED_DECODE_PIXELS``; restores untiled decoding afterwards.
+
+    The VAE's mid-block self-attention is quadratic in latent pixels: a 2048 x 2048 decode of
+    the x4 upscaler attends over 262,144 tokens at once, tiles over about 16,000 each. A
+    pipeline without a tiling VAE (or ``None``, e.g. ESRGAN) is left alone.
+    """
+    vae = getattr(pipeline, "vae", None)
+    tile = (width or 0) * (height or 0) > TILED_DECODE_PIXELS and hasattr(vae, "enable_tiling")
+    if tile:
+        vae.enable_tiling()
+    try:
+        yield
+    finally:
+        if tile:
+            vae.disable_tiling()
 
 
 def latent_upscale_input(image: Image.Image, output: tuple[int, int], factor: int = 4) -> Image.Image:
