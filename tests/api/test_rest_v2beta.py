@@ -276,3 +276,25 @@ def test_creative_upscale_async_results(v2, account, make_account, api_settings)
         job.expires_at = job.finished_at - timedelta(hours=1)
     assert_v2_error(poll(v2, account, job_id), 404, "generation_not_found", "id")
     assert not any(api_settings.results_dir.rglob(f"{job_id}*")), "expired result still stored"
+
+
+def test_openapi_describes_the_v2beta_endpoints(v2):
+    doc = v2.get("/openapi.json").json()
+    for path in (
+        "/v2beta/stable-image/generate/ultra",
+        "/v2beta/stable-image/generate/core",
+        "/v2beta/stable-image/generate/sd3",
+        "/v2beta/stable-image/upscale/fast",
+        "/v2beta/stable-image/upscale/conservative",
+        "/v2beta/stable-image/upscale/creative",
+    ):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]
+        assert list(body) == ["multipart/form-data"], path
+    assert "/v2beta/results/{id}" in doc["paths"]
+    sd3 = doc["paths"]["/v2beta/stable-image/generate/sd3"]["post"]["requestBody"]["content"]
+    assert {"prompt", "model", "mode", "cfg_scale"} <= set(sd3["multipart/form-data"]["schema"]["properties"])
+
+
+def test_unknown_v2_route_uses_the_v2_error_body(v2, account):
+    r = v2.post("/v2beta/stable-image/generate/nope", headers={"authorization": f"Bearer {account.key}"})
+    assert_v2_error(r, 404, "not_found")
