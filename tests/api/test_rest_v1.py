@@ -38,6 +38,11 @@ def assert_v1_error(resp, status: int, name: str) -> dict:
 def test_missing_and_wrong_keys_are_401(client, account):
     body = assert_v1_error(client.get("/v1/engines/list"), 401, "unauthorized")
     assert body["message"] == "missing authorization header"
+    for empty in ("Bearer", "Bearer ", ""):  # e.g. curl with an unset $STABILITY_API_KEY
+        body = assert_v1_error(
+            client.get("/v1/engines/list", headers={"Authorization": empty}), 401, "unauthorized"
+        )
+        assert body["message"] == "missing authorization header"
     body = assert_v1_error(
         client.get("/v1/engines/list", headers={"Authorization": "Bearer sk-nope123456"}), 401, "unauthorized"
     )

@@ -46,7 +46,7 @@ def bearer_or_raw(header: str | None) -> str:
     Raises ``Unauthorized("missing authorization header")`` when absent or empty.
     """
     value = (header or "").strip()
-    if value[:7].lower() == "bearer ":
+    if value[:7].lower() == "bearer " or value.lower() == "bearer":  # "Bearer " with an empty key
         value = value[7:].strip()
     if not value:
         raise Unauthorized("missing authorization header")
