@@ -31,8 +31,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -49,107 +47,20 @@ from stableserve.jobs.events import (
     Cancelled,
     Failed,
     JobEvent,
-    Progress,
     Started,
     Succeeded,
     is_terminal,
 )
 from stableserve.jobs.executor import Executor, ExecutorFactory
 from stableserve.jobs.results import StoredResults, stored_outcome
+from stableserve.jobs.state import ACTIVE_STATES, TERMINAL_STATES, JobInfo, LiveJob, artifact_metadata
 from stableserve.settings import Settings
 from stableserve.storage.artifacts import ArtifactStore, FilesystemArtifactStore
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("queued", "running")
-"""Job states that still hold a credit reservation."""
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
-"""Job states that are final."""
-
 RESTARTED_MESSAGE = "The server restarted before the job finished; no credits were charged."
 CANCELLED_MESSAGE = "The job was cancelled; no credits were charged."
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """A job's state as stored, plus live progress.
-
-    - ``state``: ``queued`` | ``running`` | ``succeeded`` | ``failed`` | ``cancelled``.
-    - ``price``: credits reserved (charged only when ``succeeded``).
-    - ``attempt``: executions started (0 while queued).
-    - ``artifacts``: metadata of the generated images once succeeded (dicts with ``index``,
-      ``seed``, ``finish_reason``, ``width``, ``height``, ``mime``; no bytes).
-    - ``progress``: ``(done, total)`` denoising steps of a running job seen by this process.
-    - ``store_result``: submitted with ``store_result=True`` (result kept for ``fetch``).
-    - ``expires_at``: when the stored result expires (succeeded ``store_result`` jobs only;
-      ``None`` otherwise and once it was purged).
-    - times are aware UTC datetimes.
-    """
-
-    id: str
-    org_id: str
-    key_id: str | None
-    engine_id: str
-    task: str
-    state: str
-    price: Decimal
-    attempt: int
-    error_code: str | None
-    error_message: str | None
-    artifacts: tuple[dict[str, Any], ...]
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    progress: tuple[int, int] | None = None
-    store_result: bool = False
-    expires_at: datetime | None = None
-
-    @property
-    def done(self) -> bool:
-        """True once the job is succeeded, failed or cancelled."""
-        return self.state in TERMINAL_STATES
-
-
-@dataclass
-class _Live:
-    """In-memory state of a job submitted by this process."""
-
-    job_id: str
-    org_id: str
-    store_result: bool = False
-    history: list[JobEvent] = field(default_factory=list)  # Queued, Started, last Progress, terminal
-    subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[JobEvent]]] = field(default_factory=list)
-    terminal: JobEvent | None = None
-    nbytes: int = 0
-
-    def record(self, event: JobEvent) -> None:
-        if isinstance(event, Progress) and self.history and isinstance(self.history[-1], Progress):
-            self.history[-1] = event
-        else:
-            self.history.append(event)
-        if is_terminal(event):
-            self.terminal = event
-            if isinstance(event, Succeeded):
-                self.nbytes = sum(len(a.data) for a in event.artifacts)
-
-    @property
-    def progress(self) -> tuple[int, int] | None:
-        for event in reversed(self.history):
-            if isinstance(event, Progress):
-                return event.done, event.total
-        return None
-
-
-def artifact_metadata(artifact: Artifact) -> dict[str, Any]:
-    """What ``result_json`` keeps of an artifact: everything but the bytes."""
-    return {
-        "index": artifact.index,
-        "seed": artifact.seed,
-        "finish_reason": artifact.finish_reason.value,
-        "width": artifact.width,
-        "height": artifact.height,
-        "mime": artifact.mime,
-    }
 
 
 class JobClient:
@@ -182,7 +93,7 @@ class JobClient:
         self._executor: Executor | None = None
         self._state = "new"  # new -> starting -> running -> stopping -> stopped
         self._lock = threading.Lock()
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, LiveJob] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()  # job_id -> monotonic finish time
         self._retain = (retain_results, retain_bytes, retain_s)
 
@@ -313,7 +224,7 @@ class JobClient:
                 )
             )
         with self._lock:
-            self._live[job_id] = _Live(job_id, org_id, store_result)
+            self._live[job_id] = LiveJob(job_id, org_id, store_result)
         try:
             self._executor.submit(job_id, request)
         except Exception as exc:
