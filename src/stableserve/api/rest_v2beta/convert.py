@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from stableserve.api.rest_v2beta.forms import V2Form, check_image
@@ -19,7 +20,7 @@ from stableserve.core.engines import EngineRegistry, EngineSpec, ProductSpec
 from stableserve.core.presets import STYLE_PRESETS
 from stableserve.core.products import ASPECT_RATIOS, aspect_size, fit_image, scale_to_area
 from stableserve.core.types import Artifact, GenerationRequest, ImageInput, OutputFormat, Task, WeightedPrompt
-from stableserve.errors import InvalidRequest
+from stableserve.errors import InvalidRequest, NotFound
 
 OUTPUT_FORMATS = tuple(f.value for f in OutputFormat)
 SD3_MODELS = (
@@ -87,7 +88,7 @@ def _common(form: V2Form, *, style: bool = True) -> dict:
     return fields
 
 
-def _text_to_image(engine: EngineSpec, product: ProductSpec, form: V2Form) -> dict:
+def _text_to_image(engine: EngineSpec, form: V2Form) -> dict:
     width, height = aspect_size(engine, form.choice("aspect_ratio", ASPECT_RATIOS, "1:1"))
     return {"task": Task.TEXT_TO_IMAGE, "width": width, "height": height}
 
@@ -105,7 +106,12 @@ def _request(engine: EngineSpec, product: ProductSpec, fields: dict) -> Generati
         fields["cfg_scale"] = product.cfg_scale
     if product.steps is not None:
         fields["steps"] = product.steps
-    return GenerationRequest(engine_id=engine.id, **fields)
+    try:
+        return GenerationRequest(engine_id=engine.id, **fields)
+    except ValidationError as exc:  # a safety net: the form getters check each field first
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidRequest(f"{field}: {err['msg']}", param=field) from None
 
 
 def ultra_request(
@@ -120,14 +126,14 @@ def ultra_request(
         strength = form.number("strength", 0, 1, required=True)
         fields.update(_image_to_image(engine, image, strength))
     else:
-        fields.update(_text_to_image(engine, product, form))
+        fields.update(_text_to_image(engine, form))
     return _request(engine, product, fields), product
 
 
 def core_request(registry: EngineRegistry, form: V2Form) -> tuple[GenerationRequest, ProductSpec]:
     """``POST /v2beta/stable-image/generate/core``: text-to-image at ``aspect_ratio``."""
     product, engine = registry.product("core")
-    fields = {"prompts": _prompts(form), **_common(form), **_text_to_image(engine, product, form)}
+    fields = {"prompts": _prompts(form), **_common(form), **_text_to_image(engine, form)}
     return _request(engine, product, fields), product
 
 
@@ -139,7 +145,10 @@ def sd3_request(
     with sides >= 64 and ``strength``), ``cfg_scale`` 1..10 (default per model), no
     ``negative_prompt`` on turbo models."""
     model = form.choice("model", SD3_MODELS, "sd3.5-large")
-    product, engine = registry.product(model)
+    try:
+        product, engine = registry.product(model)
+    except NotFound as exc:  # the operator's registry leaves this model out
+        raise InvalidRequest(exc.message, param="model") from None
     mode = form.choice("mode", MODES, "text-to-image")
     fields = {"prompts": _prompts(form, product, model), **_common(form)}
     cfg = form.number("cfg_scale", 1, 10)
@@ -158,26 +167,24 @@ def sd3_request(
     else:
         if image is not None:
             raise InvalidRequest("image: is only allowed when mode is image-to-image", param="image")
-        fields.update(_text_to_image(engine, product, form))
+        fields.update(_text_to_image(engine, form))
     return _request(engine, product, fields), product
 
 
 def _upscale_width(product: ProductSpec, engine: EngineSpec, w: int, h: int, cap_at_factor: bool) -> int:
-    """Output width of a diffusion upscale: ``product.output_pixels`` at the input's aspect
-    (at most the engine's native factor when ``cap_at_factor``) within the engine's output cap."""
-    limit = (
-        min(p for p in (product.output_pixels, engine.max_output_pixels) if p)
-        if (product.output_pixels or engine.max_output_pixels)
-        else None
-    )
+    """Output width of a diffusion upscale of a ``w`` x ``h`` image: ``product.output_pixels``
+    at the input's aspect (at most the engine's native factor when ``cap_at_factor``), within
+    the engine's ``max_output_pixels``; the height follows the aspect ratio (validation)."""
     factor = engine.upscale_factor or 4
-    width = w * factor
-    if limit is not None:
-        width = scale_to_area(w, h, limit)[0]
-        if cap_at_factor:
-            width = min(width, w * factor)
-        while width > 1 and width * max(1, round(width * h / w)) > limit:
-            width -= 1
+    limits = [p for p in (product.output_pixels, engine.max_output_pixels) if p]
+    if not limits:
+        return w * factor
+    limit = min(limits)
+    width = scale_to_area(w, h, limit)[0]
+    if cap_at_factor:
+        width = min(width, w * factor)
+    while width > 1 and width * max(1, round(width * h / w)) > limit:
+        width -= 1
     return width
 
 
