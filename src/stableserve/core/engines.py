@@ -43,6 +43,22 @@ class Family(StrEnum):
     INPAINT = "inpaint"
     UPSCALER_ESRGAN = "upscaler-esrgan"
     UPSCALER_LATENT_X4 = "upscaler-latent-x4"
+    SEGMENTER_CLIPSEG = "segmenter-clipseg"
+    MATTING_VITMATTE = "matting-vitmatte"
+
+
+DIFFUSION_FAMILIES = frozenset(
+    {Family.SD1, Family.SD2_512, Family.SD2_768, Family.SDXL, Family.SDXL_BETA, Family.SD3, Family.INPAINT}
+)
+"""Families that denoise (text-to-image / image-to-image / masking); the rest are helpers."""
+
+NON_DIFFUSION_TASKS = {
+    Family.UPSCALER_ESRGAN: (Task.UPSCALE,),
+    Family.UPSCALER_LATENT_X4: (Task.UPSCALE,),
+    Family.SEGMENTER_CLIPSEG: (Task.REMOVE_BACKGROUND,),
+    Family.MATTING_VITMATTE: (Task.REMOVE_BACKGROUND,),
+}
+"""The only tasks each non-diffusion family may list."""
 
 
 FLOW_MATCHING_FAMILIES = frozenset({Family.SD3})
@@ -120,6 +136,19 @@ class PriceRule(BaseModel):
     reference_pixels: int | None = Field(default=None, ge=1)
 
 
+class IPAdapterSource(BaseModel):
+    """IP-Adapter weights for an engine (diffusers ``load_ip_adapter``): ``repo`` (HF repo or
+    local folder), ``subfolder``, ``weight_name`` and the CLIP image encoder's folder inside
+    ``repo`` (``image_encoder_folder``). Demo engines build a tiny one of the same format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repo: str
+    subfolder: str = "models"
+    weight_name: str = "ip-adapter_sd15.safetensors"
+    image_encoder_folder: str = "models/image_encoder"
+
+
 class EngineSpec(BaseModel):
     """One served engine (a row of the registry).
 
@@ -128,6 +157,12 @@ class EngineSpec(BaseModel):
     1..150; ``dtype`` one of float32/float16/bfloat16 (CPU always runs float32);
     ``upscale_factor`` is the native scale of an upscaler; ``max_output_pixels`` caps an
     upscaler's output (CONTRACT.md §2.4: 4,194,304).
+
+    Helpers of other engines: ``segmenter`` (id of a ``segmenter-clipseg`` engine) makes
+    ``TEXT_PROMPT`` masks for this engine and the coarse subject mask of a matting engine;
+    ``controlnet`` (weights of a diffusers ``ControlNetModel``) with ``control_preprocess``
+    (``sketch``: the input drawing as scribble conditioning; ``canny``: edges of the input
+    image) makes this a ControlNet engine; ``ip_adapter`` adds IP-Adapter style conditioning.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -148,6 +183,10 @@ class EngineSpec(BaseModel):
     price: PriceRule
     upscale_factor: int | None = None
     max_output_pixels: int | None = None
+    segmenter: str | None = None
+    controlnet: EngineSource | None = None
+    control_preprocess: Literal["sketch", "canny"] | None = None
+    ip_adapter: IPAdapterSource | None = None
 
     @field_validator("tasks")
     @classmethod
@@ -159,8 +198,13 @@ class EngineSpec(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> EngineSpec:
         is_upscaler = self.family in (Family.UPSCALER_ESRGAN, Family.UPSCALER_LATENT_X4)
-        if is_upscaler != (self.tasks == (Task.UPSCALE,)):
-            raise ValueError("upscaler families serve exactly the 'upscale' task, others never")
+        only = NON_DIFFUSION_TASKS.get(self.family)
+        if only is not None and self.tasks != only:
+            raise ValueError(f"family {self.family.value} serves exactly {[t.value for t in only]}")
+        if only is None and set(self.tasks) & {Task.UPSCALE, Task.REMOVE_BACKGROUND}:
+            raise ValueError("diffusion families serve text-to-image, image-to-image and masking only")
+        if (self.controlnet is None) != (self.control_preprocess is None):
+            raise ValueError("'controlnet' and 'control_preprocess' go together")
         if is_upscaler and not self.upscale_factor:
             raise ValueError("upscalers need 'upscale_factor'")
         if self.family in FLOW_MATCHING_FAMILIES and self.default_sampler not in FLOW_MATCHING_SAMPLERS:
@@ -229,6 +273,10 @@ class EngineRegistry(BaseModel):
         for alias, target in self.product_aliases.items():
             if target not in self.products:
                 raise ValueError(f"product alias {alias!r}: {target!r} is not a product")
+        families = {e.id: e.family for e in self.engines}
+        for e in self.engines:
+            if e.segmenter is not None and families.get(e.segmenter) != Family.SEGMENTER_CLIPSEG:
+                raise ValueError(f"engine {e.id!r}: segmenter {e.segmenter!r} is not a clipseg engine")
         return self
 
     def product(self, name: str) -> tuple[ProductSpec, EngineSpec]:

@@ -7,7 +7,7 @@ frozen, validated by pydantic, and JSON-serializable (image bytes travel as base
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,12 +16,13 @@ SEED_MAX = 4_294_967_295
 
 
 class Task(StrEnum):
-    """What the engine is asked to do (the v1 route names)."""
+    """What the engine is asked to do (the v1 route names, plus background removal)."""
 
     TEXT_TO_IMAGE = "text-to-image"
     IMAGE_TO_IMAGE = "image-to-image"
     MASKING = "masking"
     UPSCALE = "upscale"
+    REMOVE_BACKGROUND = "remove-background"
 
 
 class Sampler(StrEnum):
@@ -52,6 +53,8 @@ class MaskSource(StrEnum):
     MASK_IMAGE_WHITE = "MASK_IMAGE_WHITE"
     MASK_IMAGE_BLACK = "MASK_IMAGE_BLACK"
     INIT_IMAGE_ALPHA = "INIT_IMAGE_ALPHA"
+    TEXT_PROMPT = "TEXT_PROMPT"
+    """Not a v1 value: the engine's text-prompted segmenter masks what ``mask_prompt`` names."""
 
 
 class FinishReason(StrEnum):
@@ -117,6 +120,21 @@ class GenerationRequest(BaseModel):
       ``None`` = 0.65 for image-to-image (``image_strength`` 0.35), 1.0 for masking.
     - ``schedule_end``: optional fraction 0..1 at which denoising stops (``step_schedule_end``).
     - ``mask_image``/``mask_source``: masking only (see ``MaskSource``).
+    - ``mask_prompt``: what to mask, in words, for ``MaskSource.TEXT_PROMPT`` (v2beta
+      ``search_prompt`` / ``select_prompt``); segmented by the engine's ``segmenter``.
+    - ``grow_mask``: pixels (0..100) by which the mask is grown and feathered before use.
+    - ``control_image``: a conditioning image for a ControlNet engine (a sketch, or the image
+      whose structure is kept); ``control_strength`` 0..1 (ControlNet conditioning scale,
+      ``None`` = 0.7).
+    - ``style_image``: a style reference for an IP-Adapter engine; ``style_strength`` 0..1
+      (IP-Adapter scale, ``None`` = 0.5).
+    - ``light_direction`` (``left``/``right``/``above``/``below``) and ``light_strength`` 0..1:
+      a directional relighting of the result (v2beta replace-background-and-relight).
+    - Sizes of image tasks: image-to-image, masking, control and background-removal
+      artifacts come back at the size of their input (``init_image``, else ``control_image``).
+      ``width``/``height``, when given for them, are the size the pipeline runs at (the
+      engine's rule applies); the result is resized (Lanczos) to the input's size, and masking
+      composites there so pixels outside the mask stay exactly the input's.
     - ``noise_level``: noise augmentation of the x4 latent upscaler, 0..350 (diffusers'
       ``noise_level``; ``None`` = the pipeline's default 20). More noise = more re-imagined detail.
     - ``output_format``: encoding of the artifacts (``OutputFormat``, default PNG).
@@ -141,6 +159,14 @@ class GenerationRequest(BaseModel):
     schedule_end: float | None = Field(default=None, ge=0, le=1)
     mask_image: ImageInput | None = None
     mask_source: MaskSource | None = None
+    mask_prompt: str | None = Field(default=None, min_length=1, max_length=10_000)
+    grow_mask: int = Field(default=0, ge=0, le=100)
+    control_image: ImageInput | None = None
+    control_strength: float | None = Field(default=None, ge=0, le=1)
+    style_image: ImageInput | None = None
+    style_strength: float | None = Field(default=None, ge=0, le=1)
+    light_direction: Literal["left", "right", "above", "below"] | None = None
+    light_strength: float = Field(default=0.3, ge=0, le=1)
     noise_level: int | None = Field(default=None, ge=0, le=350)
     output_format: OutputFormat = OutputFormat.PNG
     extras: dict[str, Any] = Field(default_factory=dict)
