@@ -80,3 +80,14 @@ def png_bytes(w: int, h: int, mode: str = "RGB", color=(30, 120, 200)) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, (w, h), color).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def v2(api_settings):
+    """The app on the small v2 test registry (the worker processes run the same demo pipelines)."""
+    from stableserve.api.app import build_app
+    from tests.api.v2 import small_v2_registry
+
+    app = build_app(api_settings, registry=small_v2_registry())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c

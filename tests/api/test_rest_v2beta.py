@@ -5,74 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from stableserve.core.engines import DimensionRule, EngineRegistry, load_registry
 from tests.api.conftest import png_bytes
-
-SMALL = DimensionRule(kind="pixel_range", multiple=64, min_side=64, min_pixels=4096, max_pixels=1_048_576)
-NONE = {"none": ""}  # the official samples' trick to force multipart without files
-
-
-def small_v2_registry() -> EngineRegistry:
-    """The demo registry at 128 px defaults, 2 steps per product, 4x upscales capped small."""
-    reg = load_registry("demo")
-    engines = tuple(
-        e
-        if e.dimensions.kind == "any"
-        else e.model_copy(update={"dimensions": SMALL, "default_width": 128, "default_height": 128})
-        for e in reg.engines
-    )
-    products = {
-        name: p.model_copy(update={"steps": 2} | ({"output_pixels": 256 * 256} if p.output_pixels else {}))
-        for name, p in reg.products.items()
-    }
-    return EngineRegistry(
-        engines=engines,
-        products=products,
-        product_aliases=reg.product_aliases,
-        origin="demo (small, v2 tests)",
-    )
-
-
-@pytest.fixture(scope="module")
-def v2(api_settings):
-    """The app on the small registry (the worker processes run the same demo pipelines)."""
-    from stableserve.api.app import build_app
-
-    with TestClient(
-        build_app(api_settings, registry=small_v2_registry()), raise_server_exceptions=False
-    ) as c:
-        yield c
-
-
-def balance(client: TestClient, account) -> float:
-    return client.get("/v1/user/balance", headers=account.headers).json()["credits"]
-
-
-def post(client, path, account, data=None, files=None, accept="image/*", **headers):
-    return client.post(
-        f"/v2beta/stable-image/{path}",
-        headers={"authorization": f"Bearer {account.key}", "accept": accept, **headers},
-        data=data or {},
-        files=files or NONE,
-    )
-
-
-def assert_v2_error(r, status: int, name: str, field: str | None = None) -> None:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert set(body) == {"id", "name", "errors"}
-    assert body["name"] == name
-    assert len(body["id"]) == 32 and r.headers["x-request-id"] == body["id"]
-    assert body["errors"] and all(isinstance(e, str) for e in body["errors"])
-    if field:
-        assert body["errors"][0].startswith(f"{field}:"), body
+from tests.api.v2 import assert_v2_error, balance, poll, post
 
 
 def test_core_binary_mode_headers_and_credits(v2, account):
@@ -231,18 +170,6 @@ def test_conservative_upscale_output_area_and_limits(v2, account):
         post(v2, "upscale/conservative", account, {"prompt": "a"}, files=thin), 400, "bad_request", "image"
     )
     assert_v2_error(post(v2, "upscale/conservative", account, files=files), 400, "bad_request", "prompt")
-
-
-def poll(client, account, job_id, path="/v2beta/results/", accept="*/*", timeout=120):
-    deadline = time.time() + timeout
-    while True:
-        r = client.get(
-            f"{path}{job_id}", headers={"authorization": f"Bearer {account.key}", "accept": accept}
-        )
-        if r.status_code != 202 or time.time() > deadline:
-            return r
-        assert r.json() == {"id": job_id, "status": "in-progress"}
-        time.sleep(0.2)
 
 
 def test_creative_upscale_async_results(v2, account, make_account, api_settings):

@@ -149,6 +149,15 @@ class IPAdapterSource(BaseModel):
     image_encoder_folder: str = "models/image_encoder"
 
 
+DEMO_IP_ADAPTER_REPO = "demo"
+"""``IPAdapterSource.repo`` of demo engines: the tiny adapter ``inference.ip_adapter`` builds."""
+
+IP_ADAPTER_FAMILIES = frozenset(
+    {Family.SD1, Family.SD2_512, Family.SD2_768, Family.INPAINT, Family.SDXL, Family.SDXL_BETA}
+)
+"""Families with a cross-attention UNet, the only ones ``ip_adapter`` may be given to."""
+
+
 class EngineSpec(BaseModel):
     """One served engine (a row of the registry).
 
@@ -205,6 +214,8 @@ class EngineSpec(BaseModel):
             raise ValueError("diffusion families serve text-to-image, image-to-image and masking only")
         if (self.controlnet is None) != (self.control_preprocess is None):
             raise ValueError("'controlnet' and 'control_preprocess' go together")
+        if self.ip_adapter is not None and self.family not in IP_ADAPTER_FAMILIES:
+            raise ValueError(f"family {self.family.value} cannot take an 'ip_adapter' (UNet families only)")
         if is_upscaler and not self.upscale_factor:
             raise ValueError("upscalers need 'upscale_factor'")
         if self.family in FLOW_MATCHING_FAMILIES and self.default_sampler not in FLOW_MATCHING_SAMPLERS:
@@ -239,6 +250,12 @@ class ProductSpec(BaseModel):
       negative prompt is refused with 400, as Stability documents).
     - ``output_pixels``: target output area of a diffusion upscaler (conservative: 4 MP).
     - ``noise_level_per_creativity``: x4 upscaler ``noise_level`` = ``creativity`` x this.
+    - ``prompt`` / ``negative_prompt_text``: prompts used when the endpoint takes none (erase)
+      or the client sent none (outpaint, style-transfer).
+    - ``strength``: how much of a masked or init image is re-noised, 0..1 (diffusers
+      ``strength``; e.g. below 1 for recolor, which keeps structure); ``None`` = 1 for masks.
+    - ``mask_prompt``: what the segmenter masks when the endpoint names nothing itself
+      (replace-background-and-relight: ``background``).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -250,6 +267,10 @@ class ProductSpec(BaseModel):
     negative_prompt: bool = True
     output_pixels: int | None = Field(default=None, ge=1)
     noise_level_per_creativity: float | None = Field(default=None, ge=0, le=700)
+    prompt: str | None = Field(default=None, min_length=1, max_length=10_000)
+    negative_prompt_text: str | None = Field(default=None, min_length=1, max_length=10_000)
+    strength: float | None = Field(default=None, gt=0, le=1)
+    mask_prompt: str | None = Field(default=None, min_length=1, max_length=10_000)
 
 
 class EngineRegistry(BaseModel):
@@ -361,7 +382,8 @@ def demo_registry(base: EngineRegistry) -> EngineRegistry:
     """The same engine ids as ``base``, each backed by a tiny pipeline of its family.
 
     Descriptions say so, names get a "(demo)" suffix, and fp32 is used (CPU). Dimension
-    rules, tasks and prices stay those of the real engine.
+    rules, tasks and prices stay those of the real engine. An ``ip_adapter`` becomes the tiny
+    locally built one (``repo`` = ``DEMO_IP_ADAPTER_REPO``), so no demo engine needs the network.
     """
     engines = []
     for e in base.engines:
@@ -374,7 +396,10 @@ def demo_registry(base: EngineRegistry) -> EngineRegistry:
                         f"{e.name}; images are noise-like. Serve the 'public' registry for real weights."
                     ),
                     "source": EngineSource(kind="demo"),
+                    # A demo engine's ControlNet is a demo one too (built from the family's demo UNet).
+                    "controlnet": EngineSource(kind="demo") if e.controlnet is not None else None,
                     "dtype": "float32",
+                    "ip_adapter": IPAdapterSource(repo=DEMO_IP_ADAPTER_REPO) if e.ip_adapter else None,
                 }
             )
         )

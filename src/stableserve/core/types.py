@@ -128,6 +128,9 @@ class GenerationRequest(BaseModel):
       ``None`` = 0.7).
     - ``style_image``: a style reference for an IP-Adapter engine; ``style_strength`` 0..1
       (IP-Adapter scale, ``None`` = 0.5).
+    - ``background_image``: masking only: the masked area starts from this image (resized to
+      the init image's size) instead of the init image's own pixels (v2beta
+      ``background_reference``).
     - ``light_direction`` (``left``/``right``/``above``/``below``) and ``light_strength`` 0..1:
       a directional relighting of the result (v2beta replace-background-and-relight).
     - Sizes of image tasks: image-to-image, masking, control and background-removal
@@ -165,6 +168,7 @@ class GenerationRequest(BaseModel):
     control_strength: float | None = Field(default=None, ge=0, le=1)
     style_image: ImageInput | None = None
     style_strength: float | None = Field(default=None, ge=0, le=1)
+    background_image: ImageInput | None = None
     light_direction: Literal["left", "right", "above", "below"] | None = None
     light_strength: float = Field(default=0.3, ge=0, le=1)
     noise_level: int | None = Field(default=None, ge=0, le=350)

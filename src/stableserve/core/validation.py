@@ -73,7 +73,7 @@ def check_dimensions(rule: DimensionRule, width: int, height: int, *, what: str 
 
 
 def _check_prompts(request: GenerationRequest, engine: EngineSpec) -> None:
-    needs_prompt = request.task != Task.UPSCALE
+    needs_prompt = request.task not in (Task.UPSCALE, Task.REMOVE_BACKGROUND)
     for p in request.prompts:
         if not p.text.strip():
             raise InvalidRequest(
@@ -91,10 +91,26 @@ def _check_prompts(request: GenerationRequest, engine: EngineSpec) -> None:
         )
 
 
-def _resolve_masking(request: GenerationRequest, init_size: tuple[int, int], init_alpha: bool) -> None:
+def _resolve_masking(
+    request: GenerationRequest, init_size: tuple[int, int], init_alpha: bool, segmenter: str | None = None
+) -> None:
     source = request.mask_source
     if source is None:
         raise InvalidRequest("mask_source: is required", code="bad_request", param="mask_source")
+    if source == MaskSource.TEXT_PROMPT:  # the engine's segmenter masks what mask_prompt names
+        if segmenter is None:
+            raise InvalidRequest(
+                f"mask_prompt: engine {request.engine_id} has no segmenter for text-prompted masks",
+                code="bad_request",
+                param="mask_prompt",
+            )
+        if request.mask_prompt is None or not request.mask_prompt.strip():
+            raise InvalidRequest(
+                "mask_prompt: is required when mask_source is TEXT_PROMPT",
+                code="bad_request",
+                param="mask_prompt",
+            )
+        return
     if source == MaskSource.INIT_IMAGE_ALPHA:
         if not init_alpha:
             raise InvalidRequest(
@@ -148,10 +164,47 @@ def _resolve_upscale(request: GenerationRequest, engine: EngineSpec, in_w: int, 
     return width, height
 
 
+def _resolve_control(request: GenerationRequest, engine: EngineSpec) -> tuple[int, int] | None:
+    """Check a ControlNet request; return the default working size of control text-to-image.
+
+    A ControlNet engine needs ``control_image`` for text-to-image and image-to-image; an
+    engine without one, or another task, takes none (``InvalidRequest``, param
+    ``control_image``). Text-to-image runs by default at the control image's size when it
+    satisfies the engine's rule, else at the engine's size nearest its aspect ratio
+    (``products.size_for_aspect``); None for every other case.
+    """
+    controlled = engine.controlnet is not None and request.task in (Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE)
+    if not controlled:
+        if request.control_image is not None:
+            raise InvalidRequest(
+                f"control_image: engine {engine.id} takes no control image for {request.task.value}",
+                code="bad_request",
+                param="control_image",
+            )
+        return None
+    if request.control_image is None:
+        raise InvalidRequest(
+            f"control_image: is required by {engine.id} (a ControlNet engine)",
+            code="bad_request",
+            param="control_image",
+        )
+    control = decode_image(request.control_image.data, param="control_image")
+    if request.task != Task.TEXT_TO_IMAGE:
+        return None
+    try:
+        check_dimensions(engine.dimensions, *control.size)
+        return control.size
+    except InvalidRequest:
+        from stableserve.core.products import size_for_aspect  # products imports this module
+
+        return size_for_aspect(engine, control.width / control.height)
+
+
 def resolve(request: GenerationRequest, engine: EngineSpec) -> GenerationRequest:
     """Validate ``request`` against ``engine`` and return it with every default filled in.
 
-    Afterwards ``width``, ``height``, ``steps``, ``sampler`` (``None`` only for ESRGAN) and a
+    Afterwards ``width``, ``height``, ``steps``, ``sampler`` (both ``None`` for ESRGAN and for
+    remove-background, which is sized like its init image) and a
     non-zero-free ``seed`` (0 replaced by a random uint32) are concrete. Raises
     ``InvalidRequest`` with a v1 error code and the offending ``param``.
     """
@@ -171,6 +224,15 @@ def resolve(request: GenerationRequest, engine: EngineSpec) -> GenerationRequest
             code="bad_request",
             param="style_preset",
         )
+    if request.style_image is not None:  # IP-Adapter style reference
+        if engine.ip_adapter is None:
+            raise InvalidRequest(
+                f"style_image: engine {engine.id} has no IP-Adapter and takes no style image",
+                code="bad_request",
+                param="style_image",
+            )
+        decode_image(request.style_image.data, param="style_image")
+    control_size = _resolve_control(request, engine)
 
     supported = engine.supported_samplers()
     sampler = request.sampler or (engine.default_sampler if supported else None)
@@ -195,8 +257,9 @@ def resolve(request: GenerationRequest, engine: EngineSpec) -> GenerationRequest
         # (an image strength of 1 / strength 0 then changes the init image only slightly).
         updates["schedule_start"] = max(start, 1.0 / updates["steps"])
     if request.task == Task.TEXT_TO_IMAGE:
-        width = request.width or engine.default_width
-        height = request.height or engine.default_height
+        default_w, default_h = control_size or (engine.default_width, engine.default_height)
+        width = request.width or default_w
+        height = request.height or default_h
         check_dimensions(engine.dimensions, width, height)
     else:
         if request.init_image is None:
@@ -206,12 +269,18 @@ def resolve(request: GenerationRequest, engine: EngineSpec) -> GenerationRequest
         in_w, in_h = init.size
         if request.task == Task.UPSCALE:
             width, height = _resolve_upscale(request, engine, in_w, in_h)
+        elif request.width is not None and request.height is not None:
+            # A working size: the pipeline runs there, the result comes back at the init size.
+            width, height = request.width, request.height
+            check_dimensions(engine.dimensions, width, height)
         else:
             width, height = in_w, in_h
             check_dimensions(engine.dimensions, width, height, what="init_image")
-            if request.task == Task.MASKING:
-                _resolve_masking(request, init.size, has_alpha(init))
+        if request.task == Task.MASKING:
+            _resolve_masking(request, init.size, has_alpha(init), segmenter=engine.segmenter)
     if engine.family == Family.UPSCALER_ESRGAN:
         updates["steps"] = None
+    if request.task == Task.REMOVE_BACKGROUND:  # feed-forward segmentation/matting: no denoising
+        updates.update(steps=None, sampler=None)
     updates.update(width=width, height=height)
     return request.model_copy(update=updates)

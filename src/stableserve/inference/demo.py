@@ -50,6 +50,7 @@ from typing import Any
 import torch
 
 from stableserve.core.engines import Family
+from stableserve.inference.demo_segmentation import build_demo_clipseg, build_demo_vitmatte
 from stableserve.inference.demo_tokenizers import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -83,6 +84,8 @@ _SEEDS: dict[Family, int] = {
     Family.INPAINT: 5000,
     Family.UPSCALER_LATENT_X4: 6000,
     Family.UPSCALER_ESRGAN: 7000,
+    Family.SEGMENTER_CLIPSEG: 8000,
+    Family.MATTING_VITMATTE: 8100,
 }
 _ESRGAN_X4_SEED = 7100
 """Base seed of the x4plus-style ESRGAN demo (the x2plus-style one uses the family's 7000)."""
@@ -436,6 +439,9 @@ _PIPELINE_BUILDERS: dict[Family, Callable[[Family, _Seeds], Any]] = {
     Family.SDXL_BETA: _build_sdxl,
     Family.SD3: _build_sd3,
     Family.UPSCALER_LATENT_X4: _build_latent_upscaler,
+    # transformers model + processor folders (config.json), see inference.demo_segmentation
+    Family.SEGMENTER_CLIPSEG: build_demo_clipseg,
+    Family.MATTING_VITMATTE: build_demo_vitmatte,
 }
 
 
@@ -468,7 +474,9 @@ def build_demo_pipeline(family: Family, dest: Path, *, scale: int | None = None)
     ``DiffusionPipeline.from_pretrained(dest)``. ``UPSCALER_ESRGAN``: a single
     ``dest/model.safetensors`` holding a Real-ESRGAN RRDBNet state dict that
     ``spandrel.ModelLoader().load_from_file`` detects as ESRGAN of scale ``scale``: None or 2
-    gives the x2plus-style network, 4 the x4plus-style one (``esrgan_demo_model``). Weights
+    gives the x2plus-style network, 4 the x4plus-style one (``esrgan_demo_model``).
+    ``SEGMENTER_CLIPSEG`` / ``MATTING_VITMATTE``: a transformers folder (``config.json``,
+    ``model.safetensors``, processor files; ``inference.demo_segmentation``). Weights
     are identical on every build (same bytes); the caller's RNG state is left untouched.
     ``dest`` is created if needed; existing files in it are overwritten. Raises
     ``ValueError`` for an unknown family, or a ``scale`` other than None/2/4 for ESRGAN and
@@ -492,6 +500,8 @@ def build_demo_pipeline(family: Family, dest: Path, *, scale: int | None = None)
 
 def _is_complete(folder: Path, family: Family) -> bool:
     marker = ESRGAN_WEIGHTS if family == Family.UPSCALER_ESRGAN else "model_index.json"
+    if family in (Family.SEGMENTER_CLIPSEG, Family.MATTING_VITMATTE):
+        marker = "config.json"
     return (folder / marker).is_file()
 
 

@@ -51,7 +51,8 @@ class Readiness:
 
 @dataclass
 class LoadedEngine:
-    """A loaded engine: a diffusers ``pipeline`` or a spandrel ``upscaler`` (ImageModelDescriptor).
+    """A loaded engine: a diffusers ``pipeline``, a spandrel ``upscaler`` (ImageModelDescriptor)
+    or a transformers ``model`` with its ``processor`` (CLIPSeg / ViTMatte, ``inference.segmentation``).
 
     ``nbytes``: parameter bytes held (for the model cache budget); ``device``/``dtype``: where
     and how it runs.
@@ -62,6 +63,9 @@ class LoadedEngine:
     dtype: torch.dtype
     pipeline: Any = None
     upscaler: Any = None
+    model: Any = None
+    processor: Any = None
+    controlnet: Any = None  # diffusers.ControlNetModel of a ControlNet engine (inference.controlnet)
     nbytes: int = 0
 
 
@@ -120,6 +124,14 @@ def _hf_cached(repo: str, revision: str, settings: Settings, filename: str | Non
     )
 
 
+def _folder_marker(family: Family) -> str:
+    """The file a complete local folder of ``family`` holds: ``model_index.json`` (diffusers)
+    or ``config.json`` (the transformers CLIPSeg / ViTMatte families)."""
+    if family in (Family.SEGMENTER_CLIPSEG, Family.MATTING_VITMATTE):
+        return "config.json"
+    return "model_index.json"
+
+
 def weights_location(engine: EngineSpec, settings: Settings) -> Path:
     """Where the engine's weights are on disk: a diffusers folder or a weights file.
 
@@ -149,9 +161,10 @@ def weights_location(engine: EngineSpec, settings: Settings) -> Path:
         if (
             path.is_dir()
             and engine.family != Family.UPSCALER_ESRGAN
-            and not (path / "model_index.json").exists()
+            and not (path / _folder_marker(engine.family)).exists()
         ):
-            raise EngineNotReady(f"engine {engine.id} is not ready: {path} has no model_index.json")
+            marker = _folder_marker(engine.family)
+            raise EngineNotReady(f"engine {engine.id} is not ready: {path} has no {marker}")
         return path
     if src.kind == "url":
         path = _url_path(engine, settings)
@@ -177,6 +190,20 @@ def readiness(engine: EngineSpec, settings: Settings) -> Readiness:
         path = weights_location(engine, settings)
     except EngineNotReady as exc:
         return Readiness(False, exc.message)
+    if engine.ip_adapter is not None:
+        from stableserve.inference.ip_adapter import ip_adapter_location
+
+        try:
+            ip_adapter_location(engine, settings)
+        except EngineNotReady as exc:
+            return Readiness(False, exc.message)
+    if engine.controlnet is not None:
+        from stableserve.inference.controlnet import controlnet_location
+
+        try:
+            controlnet_location(engine, settings)
+        except EngineNotReady as exc:
+            return Readiness(False, exc.message)
     return Readiness(True, str(path))
 
 
@@ -198,7 +225,8 @@ def _nbytes(modules: list[torch.nn.Module]) -> int:
 def load_engine(engine: EngineSpec, settings: Settings, device: torch.device | None = None) -> LoadedEngine:
     """Load an engine's weights onto ``device`` (default: settings' runner device).
 
-    Raises ``EngineNotReady`` when weights are missing.
+    An engine with ``ip_adapter`` gets it loaded into its pipeline (``ip_adapter.attach_ip_adapter``).
+    Raises ``EngineNotReady`` when weights (the IP-Adapter's included) are missing.
     """
     device = device or select_device(settings.runner.device)
     dtype = select_dtype(engine, device)
@@ -210,6 +238,11 @@ def load_engine(engine: EngineSpec, settings: Settings, device: torch.device | N
         weights = location / "model.safetensors" if location.is_dir() else location
         model = spandrel.ModelLoader(device=device).load_from_file(str(weights)).eval()
         return LoadedEngine(engine, device, dtype, upscaler=model, nbytes=_nbytes([model.model]))
+
+    if engine.family in (Family.SEGMENTER_CLIPSEG, Family.MATTING_VITMATTE):
+        from stableserve.inference.segmentation import load_transformers_engine
+
+        return load_transformers_engine(engine, location, device, dtype)
 
     cls = _pipeline_class(engine.family)
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -226,11 +259,23 @@ def load_engine(engine: EngineSpec, settings: Settings, device: torch.device | N
             kwargs["variant"] = src.variant
         kwargs.update(_absent_components(location))
         pipe = cls.from_pretrained(str(location), **kwargs)
+    if engine.ip_adapter is not None:
+        from stableserve.inference.ip_adapter import attach_ip_adapter
+
+        attach_ip_adapter(pipe, engine, settings)
     if device.type != "cpu":
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     modules = [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
-    return LoadedEngine(engine, device, dtype, pipeline=pipe, nbytes=_nbytes(modules))
+    controlnet = None
+    if engine.controlnet is not None:
+        from stableserve.inference.controlnet import load_controlnet
+
+        controlnet = load_controlnet(engine, settings, device, dtype)
+        modules.append(controlnet)
+    return LoadedEngine(
+        engine, device, dtype, pipeline=pipe, controlnet=controlnet, nbytes=_nbytes(modules)
+    )
 
 
 class HubUnreachable(EngineNotReady):
@@ -246,6 +291,14 @@ def pull(
     huggingface_hub's own progress bars. Raises ``HubUnreachable`` with a clear message when
     the network or hub cannot be reached, ``EngineNotReady`` for a missing local path.
     """
+    if engine.ip_adapter is not None:
+        from stableserve.inference.ip_adapter import pull_ip_adapter
+
+        pull_ip_adapter(engine, settings)
+    if engine.controlnet is not None:
+        from stableserve.inference.controlnet import pull_controlnet
+
+        pull_controlnet(engine, settings, progress)
     src = engine.source
     if src.kind in ("demo", "local") or (src.kind == "single_file" and src.path):
         return weights_location(engine, settings)
@@ -269,7 +322,11 @@ def pull(
             )
         else:
             allow = _HF_ALLOW
-            if src.variant:
+            if engine.family in (Family.SEGMENTER_CLIPSEG, Family.MATTING_VITMATTE):
+                from stableserve.inference.segmentation import hf_allow_patterns
+
+                allow = hf_allow_patterns(src.repo or "", src.revision)  # weights at the repo root
+            elif src.variant:
                 allow = ["*.json", "*.txt", "*.model", f"*/*.{src.variant}.safetensors"]
             snapshot_download(
                 src.repo or "", revision=src.revision, cache_dir=settings.models_dir, allow_patterns=allow

@@ -8,6 +8,10 @@ resized to the requested width or height. The latent upscaler works on the input
 a quarter of the requested size when that is smaller than the input, so its time and memory
 follow the output asked for.
 
+Segmentation (``inference.segmentation``): a masking request with ``MaskSource.TEXT_PROMPT``
+takes its mask from the engine's ``segmenter`` (CLIPSeg, ``mask_prompt``); remove-background
+returns the init image as RGBA with a CLIPSeg (+ ViTMatte) alpha.
+
 Artifacts are encoded as ``request.output_format`` (PNG, JPEG or WEBP; ``imaging.encode_image``,
 deterministic bytes) and carry its media type in ``Artifact.mime``.
 
@@ -30,13 +34,31 @@ import numpy as np
 import torch
 from PIL import Image
 
-from stableserve.core.engines import EngineRegistry, Family
+from stableserve.core.engines import EngineRegistry, EngineSpec, Family
 from stableserve.core.images import decode_image
 from stableserve.core.presets import apply_style_preset
-from stableserve.core.types import SEED_MAX, Artifact, GenerationRequest, Task
+from stableserve.core.types import SEED_MAX, Artifact, GenerationRequest, MaskSource, Task
 from stableserve.core.validation import resolve
-from stableserve.errors import GenerationCancelled, GenerationFailed, StableServeError
-from stableserve.inference.imaging import composite, encode_image, pipeline_mask, replace_mask, to_rgb
+from stableserve.errors import (
+    EngineNotReady,
+    GenerationCancelled,
+    GenerationFailed,
+    InvalidRequest,
+    StableServeError,
+)
+from stableserve.inference.controlnet import control_inputs, control_pipeline_class, resize_results
+from stableserve.inference.imaging import (
+    composite,
+    encode_image,
+    fit,
+    fit_mask,
+    grow_mask,
+    pipeline_mask,
+    relight,
+    replace_mask,
+    to_rgb,
+)
+from stableserve.inference.ip_adapter import style_conditioning
 from stableserve.inference.loading import LoadedEngine
 from stableserve.inference.model_cache import ModelCache
 from stableserve.inference.prompts import encode_prompts
@@ -66,8 +88,11 @@ def _task_pipeline_class(family: Family, task: Task):
     return table[family][index]
 
 
-def _task_view(cls, base: Any, scheduler: Any) -> Any:
+def _task_view(cls, base: Any, scheduler: Any, **extra: Any) -> Any:
     """A pipeline of class ``cls`` over ``base``'s components with its own noise scheduler.
+
+    ``extra`` adds components ``cls`` takes that ``base`` lacks (a ControlNet engine's
+    ``controlnet``); those ``cls`` does not take are ignored.
 
     The cached base pipeline is never modified and every task shares its weights. Built
     directly rather than with ``from_pipe``, which re-casts every module on each call.
@@ -76,6 +101,7 @@ def _task_view(cls, base: Any, scheduler: Any) -> Any:
     parts = {k: v for k, v in base.components.items() if k in expected or k in optional}
     parts.update({k: None for k in expected if k not in parts})
     parts["scheduler"] = scheduler
+    parts.update({k: v for k, v in extra.items() if k in expected or k in optional})
     if "requires_safety_checker" in optional:
         parts["requires_safety_checker"] = False
     pipe = cls(**parts)
@@ -167,6 +193,8 @@ class Runner:
             with torch.inference_mode(), vae_tiling(loaded.pipeline, request.width, request.height):
                 if request.task == Task.UPSCALE:
                     images = self._upscale(loaded, request, progress, cancel)
+                elif request.task == Task.REMOVE_BACKGROUND:
+                    images = self._remove_background(loaded, request, progress, cancel)
                 else:
                     images = self._diffuse(loaded, request, progress, cancel)
         except StableServeError:
@@ -196,10 +224,15 @@ class Runner:
         cancel: threading.Event | None,
     ) -> list[Image.Image]:
         engine, base = loaded.engine, loaded.pipeline
-        cls = _task_pipeline_class(engine.family, req.task)
+        # ControlNet engines run the ControlNet pipeline of the task over the base components.
+        controlnet = loaded.controlnet if req.control_image is not None else None
+        if controlnet is not None:
+            cls = control_pipeline_class(engine.family, req.task)
+        else:
+            cls = _task_pipeline_class(engine.family, req.task)
         assert req.sampler is not None and req.steps is not None
         scheduler = make_noise_scheduler(req.sampler, base.scheduler.config, engine.family, req.seed)
-        pipe = _task_view(cls, base, scheduler)
+        pipe = _task_view(cls, base, scheduler, controlnet=controlnet)
         prompts = apply_style_preset(req.style_preset, req.prompts)
         cond = encode_prompts(pipe, engine.family, prompts, device=loaded.device, dtype=loaded.dtype)
 
@@ -212,13 +245,32 @@ class Runner:
         else:
             assert req.init_image is not None
             init = decode_image(req.init_image.data, param="init_image")
-            kwargs.update(image=to_rgb(init), strength=req.schedule_start)
+            # The pipeline runs at the working size (width x height, default the init size);
+            # the result comes back at the init size.
+            work = (req.width or init.width, req.height or init.height)
+            kwargs.update(image=fit(to_rgb(init), work), strength=req.schedule_start)
             if "width" in inspect.signature(pipe.__call__).parameters:
                 # SD3's img2img defaults to 1024 x 1024 rather than the image's size.
-                kwargs.update(width=init.width, height=init.height)
+                kwargs.update(width=work[0], height=work[1])
             if req.task == Task.MASKING:
-                mask = replace_mask(req, init)
-                kwargs.update(mask_image=pipeline_mask(mask), width=init.width, height=init.height)
+                mask = (
+                    np.asarray(self._text_mask(engine, init, req.mask_prompt or ""), dtype=np.float32) / 255.0
+                    if req.mask_source == MaskSource.TEXT_PROMPT
+                    else replace_mask(req, init)
+                )
+                mask = grow_mask(mask, req.grow_mask)
+                if req.background_image is not None:  # the masked area starts from the reference
+                    reference = decode_image(req.background_image.data, param="background_image")
+                    start = composite(init, fit(to_rgb(reference), init.size), mask)
+                    kwargs.update(image=fit(start, work))
+                kwargs.update(mask_image=fit_mask(pipeline_mask(mask), work), width=work[0], height=work[1])
+        # IP-Adapter engines: the style image and scale (scale 0 + a neutral image without one).
+        kwargs.update(style_conditioning(pipe, req))
+        control_size = None  # text-to-image with a control image: results come back at its size
+        if controlnet is not None and engine.control_preprocess is not None:
+            work = (kwargs.get("width", req.width), kwargs.get("height", req.height))
+            control, control_size = control_inputs(req, engine.control_preprocess, work)
+            kwargs.update(control)
         stop_fraction = None
         if req.schedule_end is not None and req.task != Task.TEXT_TO_IMAGE:
             start = req.schedule_start or 1.0
@@ -242,6 +294,11 @@ class Runner:
             images.extend(out.images)
         if mask is not None and init is not None:
             images = [composite(init, img, mask) for img in images]
+        elif init is not None:
+            images = [fit(img, init.size) for img in images]
+        images = resize_results(images, control_size)
+        if req.light_direction is not None:
+            images = [relight(img, req.light_direction, req.light_strength) for img in images]
         return images
 
     @staticmethod
@@ -316,6 +373,58 @@ class Runner:
             )
             images.append(out.images[0])
         return images
+
+    # -- segmentation: text-prompted masks and background removal (inference.segmentation) --
+    def _text_mask(self, engine: EngineSpec, init: Image.Image, prompt: str) -> Image.Image:
+        """``engine``'s text-prompted mask of ``init``: an ``L`` image of ``init``'s size, 255
+        where its ``segmenter`` (CLIPSeg) finds what ``prompt`` names (probability >=
+        ``segmentation.TEXT_MASK_THRESHOLD``), else 0.
+
+        Loads the segmenter engine through the model cache. Raises ``InvalidRequest`` (param
+        ``mask_prompt``) when ``engine`` has no ``segmenter``.
+        """
+        from stableserve.inference.segmentation import binary_mask, text_mask
+
+        if engine.segmenter is None:
+            raise InvalidRequest(
+                f"mask_prompt: engine {engine.id} has no segmenter for text-prompted masks",
+                code="bad_request",
+                param="mask_prompt",
+            )
+        segmenter = self.cache.get(self.registry.get(engine.segmenter))
+        return binary_mask(text_mask(segmenter, init, prompt))
+
+    def _remove_background(
+        self,
+        loaded: LoadedEngine,
+        req: GenerationRequest,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> list[Image.Image]:
+        """``req.samples`` copies of the init image with its background transparent (RGBA, init size).
+
+        A ``matting-vitmatte`` engine refines the coarse mask of its ``segmenter`` (loaded
+        through the cache); a ``segmenter-clipseg`` engine alone gives CLIPSeg's soft alpha
+        (``segmentation.remove_background``). Raises ``EngineNotReady`` for a matting engine
+        configured without a segmenter.
+        """
+        from stableserve.inference.segmentation import remove_background
+
+        assert req.init_image is not None
+        image = decode_image(req.init_image.data, param="init_image")
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled("generation cancelled")
+        engine = loaded.engine
+        if engine.family == Family.MATTING_VITMATTE:
+            if engine.segmenter is None:
+                raise EngineNotReady(f"engine {engine.id} is not ready: a matting engine needs a 'segmenter'")
+            segmenter = self.cache.get(self.registry.get(engine.segmenter))
+            out = remove_background(loaded, segmenter, image)
+        else:
+            out = remove_background(None, loaded, image)
+        if progress:
+            progress(1, 1)
+        return [out] * req.samples
 
 
 TILED_DECODE_PIXELS = 2_359_296

@@ -65,9 +65,23 @@ def render(artifact: Artifact, accept: str | None) -> Response:
     )
 
 
-def _prompts(form: V2Form, product: ProductSpec | None = None, model: str | None = None) -> tuple:
-    prompt = form.text("prompt", required=True)
-    if not prompt.strip():
+def read_prompts(
+    form: V2Form,
+    product: ProductSpec | None = None,
+    model: str | None = None,
+    *,
+    required: bool = True,
+) -> tuple[WeightedPrompt, ...]:
+    """``prompt`` (weight 1) and ``negative_prompt`` (weight -1) as weighted prompts.
+
+    Without ``required``, a missing prompt falls back to the product's ``prompt``; the
+    product's ``negative_prompt_text`` is used when the client sends no negative prompt.
+    Raises ``InvalidRequest``: a missing/blank required prompt, or a negative prompt for a
+    product that refuses one (turbo models, named by ``model``).
+    """
+    prompt = form.text("prompt", required=required and not (product and product.prompt))
+    prompt = prompt if prompt is not None else (product.prompt if product else None)
+    if prompt is None or not prompt.strip():
         raise InvalidRequest("prompt: must not be blank", param="prompt")
     prompts = [WeightedPrompt(text=prompt, weight=1.0)]
     negative = form.text("negative_prompt")
@@ -75,13 +89,17 @@ def _prompts(form: V2Form, product: ProductSpec | None = None, model: str | None
         if product is not None and not product.negative_prompt:
             raise InvalidRequest(f"negative_prompt: is not supported by {model}", param="negative_prompt")
         prompts.append(WeightedPrompt(text=negative, weight=-1.0))
+    elif product is not None and product.negative_prompt_text:
+        prompts.append(WeightedPrompt(text=product.negative_prompt_text, weight=-1.0))
     return tuple(prompts)
 
 
-def _common(form: V2Form, *, style: bool = True) -> dict:
+def common_fields(form: V2Form, *, style: bool = True, formats: tuple[str, ...] = OUTPUT_FORMATS) -> dict:
+    """``seed``, ``output_format`` (one of ``formats``, default png) and, with ``style``,
+    ``style_preset``, as ``GenerationRequest`` fields."""
     fields = {
         "seed": form.seed(),
-        "output_format": OutputFormat(form.choice("output_format", OUTPUT_FORMATS, "png")),
+        "output_format": OutputFormat(form.choice("output_format", formats, "png")),
     }
     if style:
         fields["style_preset"] = form.choice("style_preset", tuple(STYLE_PRESETS))
@@ -101,7 +119,9 @@ def _image_to_image(engine: EngineSpec, image: bytes, strength: float) -> dict:
     }
 
 
-def _request(engine: EngineSpec, product: ProductSpec, fields: dict) -> GenerationRequest:
+def build_request(engine: EngineSpec, product: ProductSpec, fields: dict) -> GenerationRequest:
+    """The ``GenerationRequest`` for ``engine`` from adapter ``fields`` plus the product's
+    defaults (``cfg_scale``, ``steps``); a field error becomes ``InvalidRequest``."""
     if product.cfg_scale is not None and "cfg_scale" not in fields:
         fields["cfg_scale"] = product.cfg_scale
     if product.steps is not None:
@@ -120,21 +140,21 @@ def ultra_request(
     """``POST /v2beta/stable-image/generate/ultra``: text-to-image, or image-to-image when
     ``image`` is sent (w, h 64..16384, >= 4096 pixels; ``strength`` 0..1 required)."""
     product, engine = registry.product("ultra")
-    fields = {"prompts": _prompts(form), **_common(form)}
+    fields = {"prompts": read_prompts(form), **common_fields(form)}
     if image is not None:
         check_image(image, "image", min_side=64, max_side=16384, min_pixels=4096)
         strength = form.number("strength", 0, 1, required=True)
         fields.update(_image_to_image(engine, image, strength))
     else:
         fields.update(_text_to_image(engine, form))
-    return _request(engine, product, fields), product
+    return build_request(engine, product, fields), product
 
 
 def core_request(registry: EngineRegistry, form: V2Form) -> tuple[GenerationRequest, ProductSpec]:
     """``POST /v2beta/stable-image/generate/core``: text-to-image at ``aspect_ratio``."""
     product, engine = registry.product("core")
-    fields = {"prompts": _prompts(form), **_common(form), **_text_to_image(engine, form)}
-    return _request(engine, product, fields), product
+    fields = {"prompts": read_prompts(form), **common_fields(form), **_text_to_image(engine, form)}
+    return build_request(engine, product, fields), product
 
 
 def sd3_request(
@@ -150,7 +170,7 @@ def sd3_request(
     except NotFound as exc:  # the operator's registry leaves this model out
         raise InvalidRequest(exc.message, param="model") from None
     mode = form.choice("mode", MODES, "text-to-image")
-    fields = {"prompts": _prompts(form, product, model), **_common(form)}
+    fields = {"prompts": read_prompts(form, product, model), **common_fields(form)}
     cfg = form.number("cfg_scale", 1, 10)
     if cfg is not None:
         fields["cfg_scale"] = cfg
@@ -168,7 +188,7 @@ def sd3_request(
         if image is not None:
             raise InvalidRequest("image: is only allowed when mode is image-to-image", param="image")
         fields.update(_text_to_image(engine, form))
-    return _request(engine, product, fields), product
+    return build_request(engine, product, fields), product
 
 
 def _upscale_width(product: ProductSpec, engine: EngineSpec, w: int, h: int, cap_at_factor: bool) -> int:
@@ -201,8 +221,8 @@ def fast_upscale_request(
     w, h 32..1536 and 1,024..1,048,576 pixels."""
     product, engine = registry.product("upscale-fast")
     check_image(image, "image", min_side=32, max_side=1536, min_pixels=1024, max_pixels=1_048_576)
-    fields = {"task": Task.UPSCALE, "init_image": ImageInput(data=image), **_common(form, style=False)}
-    return _request(engine, product, fields), product
+    fields = {"task": Task.UPSCALE, "init_image": ImageInput(data=image), **common_fields(form, style=False)}
+    return build_request(engine, product, fields), product
 
 
 def conservative_upscale_request(
@@ -215,13 +235,13 @@ def conservative_upscale_request(
     creativity = form.number("creativity", 0.2, 0.5, 0.35)
     fields = {
         "task": Task.UPSCALE,
-        "prompts": _prompts(form),
+        "prompts": read_prompts(form),
         "init_image": ImageInput(data=image),
         "width": _upscale_width(product, engine, w, h, cap_at_factor=False),
         "noise_level": _noise_level(product, creativity),
-        **_common(form, style=False),
+        **common_fields(form, style=False),
     }
-    return _request(engine, product, fields), product
+    return build_request(engine, product, fields), product
 
 
 def creative_upscale_request(
@@ -234,10 +254,10 @@ def creative_upscale_request(
     creativity = form.number("creativity", 0.1, 0.5, 0.3)
     fields = {
         "task": Task.UPSCALE,
-        "prompts": _prompts(form),
+        "prompts": read_prompts(form),
         "init_image": ImageInput(data=image),
         "width": _upscale_width(product, engine, w, h, cap_at_factor=True),
         "noise_level": _noise_level(product, creativity),
-        **_common(form),
+        **common_fields(form),
     }
-    return _request(engine, product, fields), product
+    return build_request(engine, product, fields), product

@@ -43,7 +43,7 @@ _ERRORS = {
         (500, "internal_error"),
     )
 }
-_IMAGE_200 = {
+IMAGE_200 = {
     200: {
         "description": "The image (`accept: image/*`, headers finish-reason and seed) or "
         '`{"image", "finish_reason", "seed"}` (`accept: application/json`).',
@@ -65,7 +65,8 @@ _IMAGE_200 = {
 }
 
 
-def _multipart(fields: dict[str, str], required: tuple[str, ...]) -> dict:
+def multipart(fields: dict[str, str], required: tuple[str, ...]) -> dict:
+    """OpenAPI ``requestBody`` of a multipart endpoint: ``fields`` name -> JSON type or ``file``."""
     props = {
         name: ({"type": "string", "format": "binary"} if kind == "file" else {"type": kind})
         for name, kind in fields.items()
@@ -84,31 +85,46 @@ _GENERATE_FIELDS = {
 }
 
 
+async def parse(request: Request, build: Callable, *files: str, required: tuple[str, ...] = ()):
+    """Read the multipart body, build the request with ``build(registry, form, *file_bytes)``
+    in a worker thread (parameters are checked before the key, as Stability does), then
+    authenticate. Returns (principal, GenerationRequest, ProductSpec)."""
+    form = V2Form(await read_form(request))
+    blobs = [await form.file(name, required=name in required) for name in files]
+    gen, product = await run_in_threadpool(build, app_state(request).registry, form, *blobs)
+    principal = await authenticate(request)
+    return principal, gen, product
+
+
+async def sync(request: Request, build: Callable, *files: str, required: tuple[str, ...] = ()) -> Response:
+    """A synchronous endpoint: run the job and answer the image in the requested accept mode."""
+    principal, gen, product = await parse(request, build, *files, required=required)
+    artifacts = await app_state(request).service.generate(
+        principal, gen, disconnected=request.is_disconnected, per_image=product.credits
+    )
+    return convert.render(artifacts[0], request.headers.get("accept"))
+
+
+async def submit(
+    request: Request, build: Callable, *files: str, required: tuple[str, ...] = ()
+) -> JSONResponse:
+    """An asynchronous endpoint: queue the job and answer ``{"id": <64 hex>}``."""
+    principal, gen, product = await parse(request, build, *files, required=required)
+    job_id = await app_state(request).service.submit(principal, gen, per_image=product.credits)
+    return JSONResponse({"id": job_id})
+
+
 def build_router() -> APIRouter:
     """The v2beta routes; mount with ``prefix="/v2beta"``."""
+    from stableserve.api.rest_v2beta.edit_routes import add_edit_routes
+
     router = APIRouter(tags=["REST v2beta"], responses=_ERRORS)
-
-    async def parse(request: Request, build: Callable, *files: str, required: tuple[str, ...] = ()):
-        form = V2Form(await read_form(request))
-        blobs = [await form.file(name, required=name in required) for name in files]
-        gen, product = await run_in_threadpool(build, app_state(request).registry, form, *blobs)
-        principal = await authenticate(request)
-        return principal, gen, product
-
-    async def sync(
-        request: Request, build: Callable, *files: str, required: tuple[str, ...] = ()
-    ) -> Response:
-        principal, gen, product = await parse(request, build, *files, required=required)
-        artifacts = await app_state(request).service.generate(
-            principal, gen, disconnected=request.is_disconnected, per_image=product.credits
-        )
-        return convert.render(artifacts[0], request.headers.get("accept"))
 
     @router.post(
         "/stable-image/generate/ultra",
-        responses=_IMAGE_200,
+        responses=IMAGE_200,
         summary="Stable Image Ultra",
-        openapi_extra=_multipart({**_GENERATE_FIELDS, "image": "file", "strength": "number"}, ("prompt",)),
+        openapi_extra=multipart({**_GENERATE_FIELDS, "image": "file", "strength": "number"}, ("prompt",)),
     )
     async def generate_ultra(request: Request) -> Response:
         """Text-to-image (or image-to-image with `image` + `strength`) on the registry's `ultra` engine."""
@@ -116,9 +132,9 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/stable-image/generate/core",
-        responses=_IMAGE_200,
+        responses=IMAGE_200,
         summary="Stable Image Core",
-        openapi_extra=_multipart(_GENERATE_FIELDS, ("prompt",)),
+        openapi_extra=multipart(_GENERATE_FIELDS, ("prompt",)),
     )
     async def generate_core(request: Request) -> Response:
         """Text-to-image on the registry's `core` engine."""
@@ -126,9 +142,9 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/stable-image/generate/sd3",
-        responses=_IMAGE_200,
+        responses=IMAGE_200,
         summary="Stable Diffusion 3.5",
-        openapi_extra=_multipart(
+        openapi_extra=multipart(
             {
                 **_GENERATE_FIELDS,
                 "mode": "string",
@@ -146,9 +162,9 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/stable-image/upscale/fast",
-        responses=_IMAGE_200,
+        responses=IMAGE_200,
         summary="Fast upscale (4x)",
-        openapi_extra=_multipart({"image": "file", "output_format": "string"}, ("image",)),
+        openapi_extra=multipart({"image": "file", "output_format": "string"}, ("image",)),
     )
     async def upscale_fast(request: Request) -> Response:
         """4x super-resolution (Real-ESRGAN via spandrel)."""
@@ -165,9 +181,9 @@ def build_router() -> APIRouter:
 
     @router.post(
         "/stable-image/upscale/conservative",
-        responses=_IMAGE_200,
+        responses=IMAGE_200,
         summary="Conservative upscale (about 4 MP)",
-        openapi_extra=_multipart(_upscale_fields, ("image", "prompt")),
+        openapi_extra=multipart(_upscale_fields, ("image", "prompt")),
     )
     async def upscale_conservative(request: Request) -> Response:
         """Diffusion upscale to about 4 megapixels that keeps the image's content."""
@@ -177,15 +193,11 @@ def build_router() -> APIRouter:
         "/stable-image/upscale/creative",
         summary="Creative upscale (async)",
         responses={200: {"description": '`{"id": "<64-hex generation id>"}`; poll /v2beta/results/{id}.'}},
-        openapi_extra=_multipart({**_upscale_fields, "style_preset": "string"}, ("image", "prompt")),
+        openapi_extra=multipart({**_upscale_fields, "style_preset": "string"}, ("image", "prompt")),
     )
     async def upscale_creative(request: Request) -> JSONResponse:
         """Diffusion upscale that re-imagines detail; answers a generation id to poll."""
-        principal, gen, product = await parse(
-            request, convert.creative_upscale_request, "image", required=("image",)
-        )
-        job_id = await app_state(request).service.submit(principal, gen, per_image=product.credits)
-        return JSONResponse({"id": job_id})
+        return await submit(request, convert.creative_upscale_request, "image", required=("image",))
 
     async def result(request: Request, generation_id: str) -> Response:
         if not GENERATION_ID.match(generation_id):
@@ -197,7 +209,7 @@ def build_router() -> APIRouter:
         return convert.render(artifacts[0], request.headers.get("accept"))
 
     _poll_200 = {
-        **_IMAGE_200,
+        **IMAGE_200,
         202: {"description": '`{"id", "status": "in-progress"}` while the generation runs.'},
         404: {
             "description": "generation_not_found",
@@ -220,4 +232,5 @@ def build_router() -> APIRouter:
         """Legacy poll path of the creative upscaler; same as `/v2beta/results/{id}`."""
         return await result(request, id)
 
+    add_edit_routes(router)
     return router
