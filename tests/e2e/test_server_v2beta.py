@@ -202,3 +202,66 @@ def test_oversize_upload_is_refused(server):
     assert r.json()["name"] == "payload_too_large"
     assert r.json()["errors"] == ["body: payloads cannot be larger than 10MiB in size"]
     assert balance(server) == before
+
+
+EDITS = [
+    ("edit/erase", {}, ("image", "mask")),
+    ("edit/inpaint", {"prompt": "a red door"}, ("image", "mask")),
+    ("edit/outpaint", {"left": "64", "up": "32"}, ("image",)),
+    ("edit/search-and-replace", {"prompt": "a dog", "search_prompt": "the house"}, ("image",)),
+    ("edit/search-and-recolor", {"prompt": "bright red", "select_prompt": "the roof"}, ("image",)),
+    ("edit/remove-background", {"output_format": "webp"}, ("image",)),
+    ("control/sketch", {"prompt": "a house"}, ("image",)),
+    ("control/structure", {"prompt": "a house"}, ("image",)),
+    ("control/style", {"prompt": "a house", "aspect_ratio": "3:2"}, ("image",)),
+    ("control/style-transfer", {}, ("init_image", "style_image")),
+]
+
+
+@pytest.mark.parametrize(("path", "data", "files"), EDITS, ids=[e[0] for e in EDITS])
+def test_edit_and_control_on_the_demo_server(server, path, data, files):
+    """Each edit/control endpoint on what ``make run`` serves, with a 300x200 input."""
+    mask = Image.new("L", (300, 200), 0)
+    mask.paste(255, (100, 50, 200, 150))
+    buf = io.BytesIO()
+    mask.save(buf, format="PNG")
+    blobs = {
+        "image": png(300, 200),
+        "mask": buf.getvalue(),
+        "init_image": png(300, 200),
+        "style_image": png(96, 96),
+    }
+    r = requests.post(
+        f"{server.host}/v2beta/stable-image/{path}",
+        headers={"authorization": f"Bearer {server.key}", "accept": "application/json"},
+        files={name: (f"{name}.png", blobs[name], "image/png") for name in files},
+        data={**data, "seed": "21"},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    img = Image.open(io.BytesIO(base64.b64decode(r.json()["image"])))
+    expected = {"edit/outpaint": (364, 232), "control/style": (640, 448)}.get(path, (300, 200))
+    assert img.size == expected
+    if path == "edit/remove-background":
+        assert img.mode == "RGBA" and r.headers["content-type"] == "application/json; type=image/webp"
+
+
+def test_relight_on_the_demo_server(server):
+    auth = {"authorization": f"Bearer {server.key}"}
+    r = requests.post(
+        f"{server.host}/v2beta/stable-image/edit/replace-background-and-relight",
+        headers=auth,
+        files={"subject_image": ("s.png", png(256, 256), "image/png")},
+        data={"background_prompt": "a sunny beach", "light_source_direction": "above"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    job_id = r.json()["id"]
+    deadline = time.time() + 300
+    while (
+        res := requests.get(f"{server.host}/v2beta/results/{job_id}", headers=auth, timeout=30)
+    ).status_code == 202:
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(res.content)).size == (256, 256)

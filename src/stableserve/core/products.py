@@ -72,8 +72,10 @@ def _round_to(value: float, multiple: int, minimum: int) -> int:
 def size_for_aspect(engine: EngineSpec, aspect: float) -> tuple[int, int]:
     """The engine's output size (pixels) nearest to ``aspect`` (width / height, > 0).
 
-    Fixed-size engines: the listed size nearest in log-aspect. Others: the engine's default
-    area at that aspect, each side rounded to the rule's multiple and at least its min side.
+    Fixed-size engines: the listed size nearest in log-aspect. Others: about the engine's
+    default area at that aspect, each side a multiple of the rule's ``multiple`` (rounded
+    down or up, whichever pair satisfies the rule's side and pixel limits and comes closest
+    to ``aspect``).
     """
     rule = engine.dimensions
     if rule.kind == "fixed" and rule.sizes:
@@ -81,9 +83,25 @@ def size_for_aspect(engine: EngineSpec, aspect: float) -> tuple[int, int]:
     area = engine.default_width * engine.default_height
     multiple = rule.multiple if rule.kind != "any" else 8
     minimum = rule.min_side if rule.kind != "any" else 8
-    width = _round_to(math.sqrt(area * aspect), multiple, minimum)
-    height = _round_to(math.sqrt(area / aspect), multiple, minimum)
-    return width, height
+
+    def sides(value: float) -> set[int]:
+        low = max(minimum, multiple * math.floor(value / multiple))
+        return {low, max(minimum, low + multiple)}
+
+    candidates = [(w, h) for w in sides(math.sqrt(area * aspect)) for h in sides(math.sqrt(area / aspect))]
+
+    def valid(size: tuple[int, int]) -> bool:
+        try:
+            check_dimensions(rule, *size)
+        except InvalidRequest:
+            return False
+        return True
+
+    def score(size: tuple[int, int]) -> tuple[float, float]:
+        return abs(math.log(size[0] / size[1]) - math.log(aspect)), abs(size[0] * size[1] - area)
+
+    fitting = [c for c in candidates if valid(c)] or candidates
+    return min(fitting, key=score)
 
 
 def aspect_size(engine: EngineSpec, ratio: str) -> tuple[int, int]:
