@@ -52,11 +52,11 @@ DEMO_CONDITIONING_CHANNELS = (16, 16, 32, 32)
 """Widths of the demo ControlNet's conditioning-image encoder (real: 16, 32, 96, 256); four
 levels = three stride-2 convolutions, so it maps pixels to the latent grid (VAE factor 8)."""
 
-DEMO_HINT_GAIN = 10.0
-"""Factor on the demo ControlNet's last conditioning-encoder weights: with PyTorch's default
-initialisation the conditioning image barely reaches the output (the group norms of the copied
-UNet blocks drown it); x10 makes the control image visibly change the result, as trained
-ControlNets do."""
+DEMO_HINT_GAIN = 3.0
+"""Factor on the demo ControlNet's last conditioning-encoder weights (after a variance-keeping
+He initialisation of the whole encoder): PyTorch's default initialisation shrinks the
+conditioning image about threefold per layer, so it would barely reach the output; with these
+the control image changes the result visibly, as with trained ControlNets."""
 
 DEMO_CONTROLNET_VERSION = "1"
 """Version of the demo ControlNet recipe, in its folder name with ``demo.DEMO_VERSION`` (bump on change)."""
@@ -146,12 +146,13 @@ def build_demo_controlnet(family: Family, unet_folder: Path, dest: Path) -> None
     ``ControlNetModel.from_unet`` copies the UNet's encoder (as ControlNet training starts)
     under the family's fixed seed, with a small conditioning encoder
     (``DEMO_CONDITIONING_CHANNELS``). from_unet zero-initialises the output ("zero")
-    convolutions, which training makes non-zero; here they get PyTorch's default random
-    initialisation (next seed), the conditioning encoder's last one scaled by
-    ``DEMO_HINT_GAIN``, so the control image and ``control_strength`` change the result as
-    with trained weights. ``dest`` gets ``config.json`` and ``CONTROLNET_WEIGHTS``
-    (float32); same bytes on every build; the caller's RNG state is untouched. Raises
-    ``ValueError`` for a family outside ``CONTROLNET_FAMILIES``.
+    convolutions, which training makes non-zero. Here, from the next seed, the conditioning
+    encoder is re-drawn with He-normal weights (zero biases), its last convolution scaled by
+    ``DEMO_HINT_GAIN``, and the output convolutions get PyTorch's default initialisation, so
+    the control image and ``control_strength`` change the result as with trained weights.
+    ``dest`` gets ``config.json`` and ``CONTROLNET_WEIGHTS`` (float32); same bytes on every
+    build; the caller's RNG state is untouched. Raises ``ValueError`` for a family outside
+    ``CONTROLNET_FAMILIES``.
     """
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -167,11 +168,14 @@ def build_demo_controlnet(family: Family, unet_folder: Path, dest: Path) -> None
             unet, conditioning_embedding_out_channels=DEMO_CONDITIONING_CHANNELS
         )
         torch.manual_seed(_DEMO_SEEDS[family] + 1)
-        outputs = [*model.controlnet_down_blocks, model.controlnet_mid_block]
-        for conv in [model.controlnet_cond_embedding.conv_out, *outputs]:
-            conv.reset_parameters()
+        hint = model.controlnet_cond_embedding
         with torch.no_grad():
-            model.controlnet_cond_embedding.conv_out.weight.mul_(DEMO_HINT_GAIN)
+            for conv in [hint.conv_in, *hint.blocks, hint.conv_out]:
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                torch.nn.init.zeros_(conv.bias)
+            hint.conv_out.weight.mul_(DEMO_HINT_GAIN)
+        for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
+            conv.reset_parameters()
     model.save_pretrained(str(dest), safe_serialization=True)
 
 
