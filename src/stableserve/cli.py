@@ -115,8 +115,24 @@ def generate(
             help="Default MASK_IMAGE_WHITE with --mask, else INIT_IMAGE_ALPHA when the init image has alpha.",
         ),
     ] = None,
+    control_image: Annotated[
+        Path | None, typer.Option(help="Control image of a ControlNet engine (a sketch, an image's edges).")
+    ] = None,
+    control_strength: Annotated[
+        float | None, typer.Option(min=0, max=1, help="ControlNet scale (0.7).")
+    ] = None,
+    style_image: Annotated[Path | None, typer.Option(help="Style reference of an IP-Adapter engine.")] = None,
+    style_strength: Annotated[
+        float | None, typer.Option(min=0, max=1, help="IP-Adapter scale (0.5).")
+    ] = None,
 ) -> None:
-    """Generate an image offline with the runner and write it as PNG."""
+    """Generate an image offline with the runner and write it as PNG.
+
+    The task follows the engine and options: upscalers upscale and matting/segmentation
+    engines remove the background of ``--init-image``; ``--mask`` masks; ``--init-image``
+    alone is image-to-image; otherwise text-to-image (``--control-image`` for ControlNet
+    engines, ``--style-image`` for IP-Adapter engines).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from stableserve.inference.runner import Runner
@@ -129,8 +145,8 @@ def generate(
     prompts = [WeightedPrompt(text=prompt, weight=1.0)] if prompt.strip() else []
     if negative_prompt:
         prompts.append(WeightedPrompt(text=negative_prompt, weight=-1.0))
-    if spec.tasks == (Task.UPSCALE,):
-        task = Task.UPSCALE
+    if spec.tasks in ((Task.UPSCALE,), (Task.REMOVE_BACKGROUND,)):
+        task = spec.tasks[0]
     elif mask is not None or mask_source is not None:
         task = Task.MASKING
         mask_source = mask_source or (MaskSource.MASK_IMAGE_WHITE if mask else MaskSource.INIT_IMAGE_ALPHA)
@@ -155,6 +171,10 @@ def generate(
             mask_image=_read(mask, "mask"),
             mask_source=mask_source,
             schedule_start=None if image_strength is None else 1.0 - image_strength,
+            control_image=_read(control_image, "control image"),
+            control_strength=control_strength,
+            style_image=_read(style_image, "style image"),
+            style_strength=style_strength,
         )
     except ValueError as exc:
         raise _fail(str(exc).splitlines()[-1] if str(exc) else "invalid request") from None

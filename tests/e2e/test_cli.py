@@ -114,3 +114,49 @@ def test_upscale_and_masking_from_the_cli(tmp_path):
     assert r.returncode == 0, r.stderr
     assert Image.open(up).size == (128, 128)
     assert Path(up).exists()
+
+
+def test_background_removal_control_and_style_from_the_cli(tmp_path):
+    from PIL import Image
+
+    img = tmp_path / "in.png"
+    Image.new("RGB", (96, 64), (40, 160, 90)).save(img)
+    cut = tmp_path / "cut.png"
+    r = cli(
+        "generate", "", "--engine", "vitmatte-small-composition-1k", "--init-image", str(img), "-o", str(cut)
+    )
+    assert r.returncode == 0, r.stderr
+    assert Image.open(cut).mode == "RGBA" and Image.open(cut).size == (96, 64)
+    sketch = tmp_path / "sketch.png"
+    args = (
+        "--control-image",
+        str(img),
+        "--width",
+        "512",
+        "--height",
+        "512",
+        "--steps",
+        "2",
+        "-o",
+        str(sketch),
+    )
+    r = cli("generate", "a house", "--engine", "sd15-controlnet-scribble", *args)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(sketch).size == (96, 64)  # a control result keeps the control image's size
+    styled = tmp_path / "styled.png"
+    r = cli(
+        "generate",
+        "a house",
+        "--engine",
+        "sd15-ip-adapter",
+        "--style-image",
+        str(img),
+        "--steps",
+        "2",
+        "-o",
+        str(styled),
+    )
+    assert r.returncode == 0, r.stderr
+    assert Image.open(styled).size == (512, 512)
+    r = cli("generate", "a house", "--engine", "sd15-controlnet-canny", "-o", str(tmp_path / "x.png"))
+    assert r.returncode != 0 and "control_image" in r.stderr and "Traceback" not in r.stderr

@@ -183,9 +183,11 @@ class Runner:
     ) -> list[Artifact]:
         """Generate ``request.samples`` artifacts (``index`` 0.., ``seed`` per sample).
 
-        Each is encoded as ``request.output_format`` with the matching ``mime`` and is
-        ``request.width`` x ``request.height`` pixels (for masking and image-to-image: the init
-        image's size).
+        Each is encoded as ``request.output_format`` with the matching ``mime``. Sizes:
+        text-to-image ``request.width`` x ``request.height`` (with a control image: the
+        control image's size); image-to-image, masking and background removal: the init
+        image's size (the pipeline ran at ``width`` x ``height``); upscale: ``width`` x
+        ``height``. Background removal artifacts are RGBA.
         """
         engine = self.registry.get(request.engine_id)
         loaded = self.cache.get(engine)
