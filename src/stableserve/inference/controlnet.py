@@ -24,8 +24,6 @@ Sources of the ControlNet weights (the kinds of ``EngineSource``):
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -186,36 +184,20 @@ def ensure_demo_controlnet(family: Family, root: Path) -> Path:
     ``root/.<name>.lock``, a temporary folder renamed into place atomically. Raises
     ``ValueError`` for a family outside ``CONTROLNET_FAMILIES``.
     """
-    from stableserve.inference.demo import _file_lock, ensure_demo_pipeline
+    from stableserve.inference.demo import build_once, ensure_demo_pipeline
 
     family = Family(family)
+    if family not in _DEMO_SEEDS:
+        raise ValueError(f"no demo ControlNet for family {family.value!r}")
     final = demo_controlnet_folder(family, root)
     if (final / CONTROLNET_WEIGHTS).is_file():
         return final
-    if family not in _DEMO_SEEDS:
-        raise ValueError(f"no demo ControlNet for family {family.value!r}")
     base = ensure_demo_pipeline(family, root)
-    root = final.parent
-    with _file_lock(root / f".{final.name}.lock"):
-        if (final / CONTROLNET_WEIGHTS).is_file():
-            return final
-        for stale in root.glob(f".{final.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-        try:
-            build_demo_controlnet(family, base / "unet", tmp)
-            tmp.chmod(0o755)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / CONTROLNET_WEIGHTS).is_file():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(
+        final,
+        lambda folder: (folder / CONTROLNET_WEIGHTS).is_file(),
+        lambda tmp: build_demo_controlnet(family, base / "unet", tmp),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -525,38 +525,53 @@ def ensure_demo_pipeline(family: Family, root: Path, *, scale: int | None = None
     for the ESRGAN family with ``scale=4`` (see ``build_demo_pipeline`` for ``scale`` and its
     ``ValueError``).
 
-    Safe under concurrency (threads and processes): a ``fcntl.flock`` on
-    ``root/.<name>.lock`` lets one builder in at a time; the pipeline is built into a temporary
-    folder next to the final one and renamed into place atomically, so the final folder either
-    does not exist or is complete (a crash leaves only a temporary folder, removed by the next
-    builder). A process that finds the folder complete, before or after waiting for the lock,
-    returns it without building; if a builder that bypassed the lock won the rename, its folder
-    is used. ``root`` is created if missing. Building takes a few seconds on CPU.
+    Safe under concurrency (threads and processes) through ``build_once``: a lock, a build
+    into a temporary folder, an atomic rename. ``root`` is created if missing. Building takes
+    a few seconds on CPU.
     """
     family = Family(family)
     final = demo_folder(family, root, scale=scale)
     # The default variant is built with the two-argument call (as before scales existed).
     variant = {"scale": scale} if _variant(family, scale) else {}
-    root = final.parent
-    if _is_complete(final, family):
+    return build_once(
+        final,
+        lambda folder: _is_complete(folder, family),
+        lambda tmp: build_demo_pipeline(family, tmp, **variant),
+    )
+
+
+def build_once(final: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], None]) -> Path:
+    """Return ``final``, first calling ``build(tmp)`` and renaming ``tmp`` to ``final`` unless
+    ``is_complete(final)`` already holds. Every demo artifact (pipelines, ControlNets,
+    IP-Adapters) is made this way.
+
+    Safe under concurrency (threads and processes): a ``fcntl.flock`` on
+    ``<parent>/.<name>.lock`` lets one builder in at a time; ``build`` writes into a temporary
+    folder next to ``final`` that is renamed into place atomically, so ``final`` either does
+    not exist or is complete (a crash leaves only a temporary folder, removed by the next
+    builder). If a builder that bypassed the lock won the rename, its folder is used. The
+    parent folder is created if missing; ``build``'s exceptions propagate.
+    """
+    if is_complete(final):
         return final
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     with _file_lock(root / f".{final.name}.lock"):
-        if _is_complete(final, family):
+        if is_complete(final):
             return final
-        # We hold the lock: any temporary folder of this family is a crashed builder's leftover.
+        # We hold the lock: any temporary folder of this name is a crashed builder's leftover.
         for stale in root.glob(f".{final.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         if final.exists():  # incomplete (not ours, e.g. copied by hand): replace it
             shutil.rmtree(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
         try:
-            build_demo_pipeline(family, tmp, **variant)
+            build(tmp)
             tmp.chmod(0o755)  # mkdtemp makes it 0700; the server may run as another user
             try:
                 os.rename(tmp, final)  # atomic; fails if `final` appeared meanwhile
             except OSError:
-                if not _is_complete(final, family):
+                if not is_complete(final):
                     raise
         finally:
             if tmp.exists():

@@ -26,8 +26,6 @@ image: the IP-Adapter attention is skipped and the result is the plain generatio
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -370,7 +368,7 @@ def ensure_demo_ip_adapter(family: Family, root: Path) -> Path:
     """
     from diffusers import UNet2DConditionModel
 
-    from stableserve.inference.demo import _file_lock, ensure_demo_pipeline
+    from stableserve.inference.demo import build_once, ensure_demo_pipeline
 
     family = Family(family)
     if family not in IP_ADAPTER_FAMILIES:
@@ -380,25 +378,6 @@ def ensure_demo_ip_adapter(family: Family, root: Path) -> Path:
         return final
     base = ensure_demo_pipeline(family, root)
     unet_config = dict(UNet2DConditionModel.load_config(str(base / "unet")))
-    root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
-    with _file_lock(root / f".{final.name}.lock"):
-        if _is_complete(final):
-            return final
-        for stale in root.glob(f".{final.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-        try:
-            build_demo_ip_adapter(family, tmp, unet_config)
-            tmp.chmod(0o755)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not _is_complete(final):
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return build_once(final, _is_complete, lambda tmp: build_demo_ip_adapter(family, tmp, unet_config))
+
+
