@@ -1,7 +1,9 @@
 """The ``stableserve`` command line (typer + rich).
 
 Commands: ``generate`` (one request through the runner, with a progress bar),
-``engines list`` (id, family, ready or not and why), ``models pull`` (fetch real weights).
+``engines list`` (id, family, ready or not and why), ``models pull`` (fetch real weights);
+``serve``/``dev-setup`` (``cli_server``), ``orgs``/``keys``/``credits``/``db`` (``cli_accounts``),
+``certs dev`` (``cli_certs``: a local CA and server certificate for the gRPC TLS port).
 Every expected failure prints ``error: ...`` and exits with status 2, never a traceback.
 """
 
@@ -265,3 +267,7 @@ app.command("dev-setup")(dev_setup)
 from stableserve.cli_accounts import register_accounts  # noqa: E402
 
 register_accounts(app)
+
+from stableserve.cli_certs import certs_app  # noqa: E402
+
+app.add_typer(certs_app, name="certs")

@@ -54,6 +54,24 @@ class ResultSettings(BaseModel):
     dir: Path | None = None
 
 
+class GrpcSettings(BaseModel):
+    """The gRPC API of ``stability-sdk`` (CONTRACT.md §4), served beside the HTTP API.
+
+    - ``port``: TLS port (needs ``tls_cert`` and ``tls_key``, PEM files); ``None`` = off.
+      stability-sdk only sends its key to hosts whose address ends in ``443`` (e.g. 8443).
+    - ``insecure_port``: a plaintext port, off by default and meant for localhost only: the
+      SDK sends no key there, so every call acts for ``insecure_org`` (an organization name).
+    - ``host``: interface to bind both on.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure_port: int | None = Field(default=None, ge=1, le=65535)
+    insecure_org: str | None = None
+
+
 class Settings(BaseSettings):
     """Root settings.
 
@@ -78,6 +96,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     runner: RunnerSettings = RunnerSettings()
     results: ResultSettings = ResultSettings()
+    grpc: GrpcSettings = GrpcSettings()
 
     @property
     def db_url(self) -> str:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,21 +45,30 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(
-    home: Path, demo_dir: Path, credits: int = 1000, engines: str = "demo"
+    home: Path,
+    demo_dir: Path,
+    credits: int = 1000,
+    engines: str = "demo",
+    serve_args: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Migrate ``home``, create org ``e2e`` with ``credits`` and a key, serve ``engines`` (the
-    demo registry by default; demo pipelines shared through ``demo_dir``) until the block ends."""
+    demo registry by default; demo pipelines shared through ``demo_dir``) until the block ends.
+
+    ``serve_args`` are appended to ``stableserve serve`` (e.g. ``--grpc-port``); ``extra_env``
+    is added to the environment of the server and the CLI calls."""
     demo_dir.mkdir(exist_ok=True)
     (home / "demo").symlink_to(demo_dir, target_is_directory=True)
-    env = {**os.environ, "STABLESERVE_HOME": str(home)}
+    env = {**os.environ, "STABLESERVE_HOME": str(home), **(extra_env or {})}
     cli(env, "db", "upgrade")
     cli(env, "orgs", "create", "e2e", "--credits", str(credits))
     key = cli(env, "keys", "create", "--org", "e2e")
     assert key.startswith("sk-") and "\n" not in key
     port = free_port()
     log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
+    command = [sys.executable, "-m", "stableserve", "serve", "--port", str(port), "--engines", engines]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stableserve", "serve", "--port", str(port), "--engines", engines],
+        [*command, *serve_args],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -67,6 +76,9 @@ def running_server(
     host = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
+        if proc.poll() is not None:
+            log.close()
+            pytest.fail(f"server exited with {proc.returncode}: " + (home / "server.log").read_text())
         try:
             if requests.get(f"{host}/v1/engines/list", timeout=2).status_code == 401:
                 break

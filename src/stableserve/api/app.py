@@ -142,7 +142,8 @@ class RequestContext:
 
 def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job_client=None) -> FastAPI:
     """The application. ``registry`` defaults to ``settings.engines``; ``job_client`` to a
-    ``JobClient`` over a ``LocalExecutor`` (started and stopped with the app's lifespan)."""
+    ``JobClient`` over a ``LocalExecutor`` (started and stopped with the app's lifespan). The
+    gRPC servers of ``settings.grpc`` (if any port is set) start and stop with it too."""
     from stableserve.accounts.keys import server_secret
     from stableserve.db.session import session_factory
 
@@ -164,12 +165,24 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
         service=GenerationService(settings, registry, job_client),
     )
 
+    serve_grpc = settings.grpc.port is not None or settings.grpc.insecure_port is not None
+    if serve_grpc:
+        from stableserve.api.grpc.server import build_grpc_servers, check_grpc_settings
+
+        check_grpc_settings(settings.grpc)  # a bad configuration fails here, not at startup
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await job_client.start()
+        # grpc.aio servers bind to the running loop: built here, they share it with the app.
+        grpc_servers = build_grpc_servers(state, settings.grpc) if serve_grpc else []
+        for server in grpc_servers:
+            await server.start()
         try:
             yield
         finally:
+            for server in grpc_servers:
+                await server.stop(grace=5)
             await job_client.stop()
 
     app = FastAPI(

@@ -58,27 +58,33 @@ def mask_key(key: str) -> str:
     return key[:7] + "..." if len(key) > 7 else key
 
 
-async def authenticate(request: Request, *, use_org_header: bool = True) -> Principal:
-    """Authenticate the request's API key; raises ``Unauthorized`` / ``PermissionDenied``."""
+def principal_for_key(state: AppState, raw: str, org_header: str | None = None) -> Principal:
+    """The ``Principal`` of API key ``raw`` (optionally acting for ``org_header``). Blocking.
+
+    Raises ``Unauthorized`` (unknown or revoked key; the message shows only the key's start)
+    and ``PermissionDenied`` (an organization the key's user is not in). Every protocol
+    authenticates through this.
+    """
     from stableserve.accounts import keys as keys_mod
     from stableserve.accounts import orgs as orgs_mod
 
+    with state.sessions() as session, session.begin():
+        try:
+            auth = keys_mod.authenticate(session, raw, state.secret)
+        except Unauthorized:
+            raise Unauthorized(
+                f"Incorrect API key provided: {mask_key(raw)}. Ask your stableserve operator for a key."
+            ) from None
+        org_id = orgs_mod.resolve_org(session, auth, org_header) if org_header else auth.org_id
+        return Principal(key_id=auth.key_id, user_id=auth.user_id, email=auth.user_email, org_id=org_id)
+
+
+async def authenticate(request: Request, *, use_org_header: bool = True) -> Principal:
+    """Authenticate the request's API key; raises ``Unauthorized`` / ``PermissionDenied``."""
     state = app_state(request)
     raw = bearer_or_raw(request.headers.get("authorization"))
     org_header = request.headers.get("organization") if use_org_header else None
-
-    def work() -> Principal:
-        with state.sessions() as session, session.begin():
-            try:
-                auth = keys_mod.authenticate(session, raw, state.secret)
-            except Unauthorized:
-                raise Unauthorized(
-                    f"Incorrect API key provided: {mask_key(raw)}. Ask your stableserve operator for a key."
-                ) from None
-            org_id = orgs_mod.resolve_org(session, auth, org_header) if org_header else auth.org_id
-            return Principal(key_id=auth.key_id, user_id=auth.user_id, email=auth.user_email, org_id=org_id)
-
-    principal = await run_in_threadpool(work)
+    principal = await run_in_threadpool(principal_for_key, state, raw, org_header)
     request.state.principal = principal
     return principal
 
