@@ -123,8 +123,8 @@ def test_credits_are_charged_exactly_as_rest_charges_the_same_work(grpc_app, mak
         headers={"Authorization": f"Bearer {via_rest.key}"},
         json={
             "text_prompts": [{"text": "a lighthouse"}],
-            "height": 512,
-            "width": 640,
+            "height": 128,
+            "width": 192,
             "steps": 40,
             "samples": 2,
         },
