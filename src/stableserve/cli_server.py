@@ -102,6 +102,24 @@ def _check_grpc(grpc: GrpcSettings, http_port: int) -> None:
         used[p] = option
 
 
+def _check_ports_free(grpc: GrpcSettings) -> None:
+    """The gRPC ports can be bound now (a clean error instead of a failed app startup)."""
+    import socket
+
+    for option, port in (("--grpc-port", grpc.port), ("--grpc-insecure-port", grpc.insecure_port)):
+        if port is None:
+            continue
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                grpc.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(address)
+        except OSError as exc:
+            raise _fail(f"{option}: cannot listen on {grpc.host}:{port}: {exc.strerror or exc}") from None
+
+
 def _check_insecure_org(settings: Settings) -> None:
     """The insecure port's organization exists (after migrations)."""
     from stableserve.accounts.orgs import get_org
@@ -174,6 +192,7 @@ def serve(
         insecure_org=grpc_insecure_org,
     )
     _check_grpc(settings.grpc, port)
+    _check_ports_free(settings.grpc)
     try:
         upgrade(settings)
         _check_insecure_org(settings)

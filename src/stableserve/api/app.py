@@ -174,11 +174,13 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await job_client.start()
-        # grpc.aio servers bind to the running loop: built here, they share it with the app.
-        grpc_servers = build_grpc_servers(state, settings.grpc) if serve_grpc else []
-        for server in grpc_servers:
-            await server.start()
+        grpc_servers = []
         try:
+            # grpc.aio servers bind to the running loop: built here, they share it with the app.
+            # Inside the try: a port that cannot be bound still stops the job client.
+            grpc_servers = build_grpc_servers(state, settings.grpc) if serve_grpc else []
+            for server in grpc_servers:
+                await server.start()
             yield
         finally:
             for server in grpc_servers:
