@@ -238,3 +238,23 @@ def test_insecure_port_acts_for_its_organization(grpc_app):
         answers = list(generation_pb2_grpc.GenerationServiceStub(ch).Generate(request()))
     assert answers[0].artifacts[0].seed == 7
     assert balance(grpc_app, insecure) < 50
+
+
+def test_a_client_that_goes_away_cancels_its_job_and_pays_nothing(grpc_app, make_account):
+    import time
+
+    account = make_account(100)
+    with channel(grpc_app, account.key) as ch:
+        call = generation_pb2_grpc.GenerationServiceStub(ch).Generate(
+            request(height=512, width=512, steps=150, samples=4)
+        )
+        time.sleep(1.5)  # queued and running
+        assert balance(grpc_app, account) < 100  # reserved
+        call.cancel()
+        with pytest.raises(grpc.RpcError) as exc:
+            list(call)
+    assert exc.value.code() == grpc.StatusCode.CANCELLED
+    deadline = time.time() + 60
+    while balance(grpc_app, account) != 100 and time.time() < deadline:
+        time.sleep(0.2)
+    assert balance(grpc_app, account) == 100  # the reservation was released
