@@ -1,7 +1,8 @@
 """The ``stableserve`` command line (typer + rich).
 
 Commands: ``generate`` (one request through the runner, with a progress bar),
-``engines list`` (id, family, ready or not and why), ``models pull`` (fetch real weights);
+``engines list`` (id, family, price, last-hour latency and success, ready or not and why),
+``models pull`` (fetch real weights);
 ``serve``/``dev-setup`` (``cli_server``), ``orgs``/``keys``/``credits``/``db`` (``cli_accounts``),
 ``certs dev`` (``cli_certs``: a local CA and server certificate for the gRPC TLS port).
 Every expected failure prints ``error: ...`` and exits with status 2, never a traceback.
@@ -209,21 +210,50 @@ def generate(
         out.print(f"wrote {path} ({art.width}x{art.height}, seed {art.seed})", highlight=False)
 
 
+def _recent_stats(settings: Settings) -> dict | None:
+    """``jobs.stats.engine_stats`` of the last hour, or ``None`` when the database cannot be
+    read (missing SQLite file, not migrated, unreachable server). Never creates a database."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.engine import make_url
+
+    from stableserve.db.session import session_factory
+    from stableserve.jobs.stats import engine_stats
+
+    try:
+        url = make_url(settings.db_url)
+        if url.get_backend_name() == "sqlite" and not (url.database and Path(url.database).is_file()):
+            return None
+        with session_factory(settings)() as session:
+            return engine_stats(session, datetime.now(UTC) - timedelta(hours=1))
+    except Exception:  # any database problem: the listing still works, without stats
+        return None
+
+
 @engines_app.command("list")
 def engines_list(engines: EnginesOpt = None) -> None:
-    """List engines: id, family, tasks, ready or not and why."""
+    """List engines: id, family, tasks, credits per image at default settings, last-hour p50
+    latency and success rate ("-" without data or database), ready or not and why."""
+    from stableserve.core.pricing import default_price
     from stableserve.inference.loading import readiness
 
     settings, registry = _context(engines)
+    stats = _recent_stats(settings) or {}
     table = Table(title=f"engines ({registry.origin})")
-    for col in ("id", "family", "tasks", "ready", "why"):
+    for col in ("id", "family", "tasks", "price", "p50 1h", "success 1h", "ready", "why"):
         table.add_column(col, overflow="fold")
     for spec in registry.engines:
         r = readiness(spec, settings)
+        st = stats.get(spec.id)
+        p50 = st.p50_latency_ms if st else None
+        rate = st.success_rate if st else None
         table.add_row(
             spec.id,
             spec.family.value,
             ", ".join(t.value for t in spec.tasks),
+            f"{default_price(spec):g}",
+            "-" if p50 is None else f"{p50 / 1000:.1f} s",
+            "-" if rate is None else f"{rate:.0%}",
             "[green]yes[/]" if r.ready else "[red]no[/]",
             r.reason,
         )

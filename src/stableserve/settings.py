@@ -72,6 +72,22 @@ class GrpcSettings(BaseModel):
     insecure_org: str | None = None
 
 
+class OpenAISettings(BaseModel):
+    """The OpenAI Images API (``/v1/images/*``) and its model catalog.
+
+    ``default_model`` / ``edit_model`` / ``variation_model``: engine ids used when a request
+    names no ``model``; ``url_ttl_s``: lifetime of the signed image links of
+    ``response_format=url`` (default 3600 s); ``public_url``: the base URL the links start
+    with (default: the URL the request came in on).
+    """
+
+    default_model: str = "stable-diffusion-xl-1024-v1-0"
+    edit_model: str = "stable-inpainting-512-v2-0"
+    variation_model: str = "stable-diffusion-v1-5"
+    url_ttl_s: float = Field(default=3600.0, gt=0)
+    public_url: str | None = None
+
+
 class Settings(BaseSettings):
     """Root settings.
 
@@ -97,6 +113,7 @@ class Settings(BaseSettings):
     runner: RunnerSettings = RunnerSettings()
     results: ResultSettings = ResultSettings()
     grpc: GrpcSettings = GrpcSettings()
+    openai: OpenAISettings = OpenAISettings()
 
     @property
     def db_url(self) -> str:

@@ -23,6 +23,8 @@ from stableserve import __version__
 from stableserve.api.deps import AppState
 from stableserve.api.errors import HttpError, http_error, new_request_id
 from stableserve.api.limits import BodyLimit
+from stableserve.api.openai.errors import is_openai_path, openai_body
+from stableserve.api.openai.images import build_images_router
 from stableserve.api.rest_v1.router import build_router
 from stableserve.api.rest_v2beta.errors import V2_PREFIXES, is_v2_path, v2_body
 from stableserve.api.rest_v2beta.router import build_router as build_v2beta_router
@@ -43,10 +45,13 @@ def _v1_body(request: Request, err: HttpError) -> JSONResponse:
 
 
 def render_error(request: Request, err: HttpError) -> JSONResponse:
-    """The error response for ``request``'s protocol (v2 paths: v2 body; else the v1 body)."""
+    """The error response for ``request``'s protocol: v2 paths the v2 body, OpenAI paths
+    (``/v1/images``, ``/v1/models``) OpenAI's body, else the v1 body."""
+    rid = getattr(request.state, "request_id", None) or new_request_id()
     if is_v2_path(request.url.path):
-        rid = getattr(request.state, "request_id", None) or new_request_id()
         return v2_body(rid, err, request.url.path)
+    if is_openai_path(request.url.path):
+        return openai_body(rid, err)
     return _v1_body(request, err)
 
 
@@ -200,4 +205,5 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     for flavor in ("v1", "v1beta", "v1alpha"):
         app.include_router(build_router(flavor), prefix=f"/{flavor}")
     app.include_router(build_v2beta_router(), prefix="/v2beta")
+    app.include_router(build_images_router(), prefix="/v1")
     return app

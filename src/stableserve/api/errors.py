@@ -46,6 +46,8 @@ class HttpError:
     name: str
     message: str
     headers: dict[str, str] | None = None
+    param: str | None = None
+    code: str | None = None
 
 
 def http_error(exc: Exception) -> HttpError:
@@ -57,6 +59,13 @@ def http_error(exc: Exception) -> HttpError:
     PayloadTooLarge 413 ``payload_too_large``, GenerationCancelled 499-like 400 ``cancelled``,
     anything else 500 ``server_error`` with a generic message (the details only go to the log).
     """
+    err = _http_error(exc)
+    if isinstance(exc, e.StableServeError):  # the field and machine code, for protocols that show them
+        return HttpError(err.status, err.name, err.message, err.headers, exc.param, exc.code)
+    return err
+
+
+def _http_error(exc: Exception) -> HttpError:
     if isinstance(exc, e.InvalidRequest):
         name = exc.code if exc.code in V1_400_NAMES else "bad_request"
         return HttpError(400, name, exc.message)

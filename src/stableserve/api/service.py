@@ -79,13 +79,37 @@ class GenerationService:
 
         ``per_image``: flat credits per image (see ``prepare``).
         """
+        _job, _credits, artifacts = await self.run(
+            principal, request, disconnected=disconnected, per_image=per_image
+        )
+        return artifacts
+
+    async def run(
+        self,
+        principal: Principal,
+        request: GenerationRequest,
+        *,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+        per_image: float | None = None,
+        store_result: bool = False,
+    ) -> tuple[str, Decimal, list[Artifact]]:
+        """``generate`` that also returns the job id and the credits charged; with
+        ``store_result`` the artifacts are kept in the ArtifactStore
+        (``settings.results.retention_s``) for later links."""
         resolved, credits = await run_in_threadpool(self.prepare, request, per_image)
         job_id = await run_in_threadpool(
-            self.jobs.submit, resolved, org_id=principal.org_id, key_id=principal.key_id, price=credits
+            functools.partial(
+                self.jobs.submit,
+                resolved,
+                org_id=principal.org_id,
+                key_id=principal.key_id,
+                price=credits,
+                store_result=store_result,
+            )
         )
         watcher = asyncio.create_task(self._watch(job_id, disconnected)) if disconnected else None
         try:
-            return await self.jobs.result(job_id)
+            return job_id, credits, await self.jobs.result(job_id)
         finally:
             if watcher is not None:
                 watcher.cancel()
