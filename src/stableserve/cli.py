@@ -257,7 +257,7 @@ def engines_list(engines: EnginesOpt = None) -> None:
             "[green]yes[/]" if r.ready else "[red]no[/]",
             r.reason,
         )
-    Console(width=max(160, out.width)).print(table)
+    Console(width=max(200, out.width)).print(table)
 
 
 @models_app.command("pull")

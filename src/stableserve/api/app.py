@@ -25,6 +25,7 @@ from stableserve.api.errors import HttpError, http_error, new_request_id
 from stableserve.api.limits import BodyLimit
 from stableserve.api.openai.errors import is_openai_path, openai_body
 from stableserve.api.openai.images import build_images_router
+from stableserve.api.openai.models import build_models_router
 from stableserve.api.rest_v1.router import build_router
 from stableserve.api.rest_v2beta.errors import V2_PREFIXES, is_v2_path, v2_body
 from stableserve.api.rest_v2beta.router import build_router as build_v2beta_router
@@ -206,4 +207,5 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
         app.include_router(build_router(flavor), prefix=f"/{flavor}")
     app.include_router(build_v2beta_router(), prefix="/v2beta")
     app.include_router(build_images_router(), prefix="/v1")
+    app.include_router(build_models_router(), prefix="/v1")
     return app

@@ -190,3 +190,5 @@ def build_models_router() -> APIRouter:
             )
         (model,) = await run_in_threadpool(catalog, state, [engine])
         return model
+
+    return router
