@@ -82,7 +82,8 @@ def hash_key(raw: str, secret: bytes) -> str:
     return hmac.new(secret, raw.encode(), hashlib.sha256).hexdigest()
 
 
-def _owner(session: Session, org: Organization) -> User:
+def org_owner(session: Session, org: Organization) -> User:
+    """The organization's first OWNER (oldest membership); ``NotFound`` when it has none."""
     user = session.execute(
         select(User)
         .join(Membership, Membership.user_id == User.id)
@@ -101,7 +102,7 @@ def create_key(session: Session, org: Organization, secret: bytes) -> tuple[ApiK
     ``key`` (``sk-`` + 48 URL-safe chars) exists only in this return value: show it once.
     ``secret`` is ``server_secret(settings)``. Raises ``NotFound`` when the org has no owner.
     """
-    user = _owner(session, org)
+    user = org_owner(session, org)
     raw = KEY_PREFIX + secrets.token_urlsafe(36)
     row = ApiKey(
         user_id=user.id,

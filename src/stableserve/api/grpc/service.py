@@ -64,7 +64,7 @@ class Auth:
 
         with self.state.sessions() as session:
             org = orgs_mod.get_org(session, self.insecure_org)
-            owner = keys_mod._owner(session, org)
+            owner = keys_mod.org_owner(session, org)
             return Principal(key_id="", user_id=owner.id, email=owner.email, org_id=org.id)
 
     async def principal(self, context: grpc.aio.ServicerContext) -> Principal:
