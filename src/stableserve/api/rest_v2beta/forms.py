@@ -22,6 +22,11 @@ PROMPT_MAX = 10_000
 """Characters of ``prompt`` / ``negative_prompt``."""
 
 
+def _fmt(value: float) -> str:
+    """A bound as written in the contract: ``4294967294``, ``0.5``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 class V2Form:
     """Typed, validated access to one v2beta multipart body."""
 
@@ -65,7 +70,7 @@ class V2Form:
         except ValueError:
             raise InvalidRequest(f"{name}: must be a number", param=name) from None
         if not math.isfinite(number) or not lo <= number <= hi:
-            raise InvalidRequest(f"{name}: must be between {lo:g} and {hi:g}", param=name)
+            raise InvalidRequest(f"{name}: must be between {_fmt(lo)} and {_fmt(hi)}", param=name)
         return number
 
     def integer(self, name: str, lo: int, hi: int, default: int | None = None) -> int | None:
