@@ -94,3 +94,14 @@ class PayloadTooLarge(StableServeError):
     10 MiB, CONTRACT.md §3.1). Raised before the body is read into memory."""
 
     code = "payload_too_large"
+
+
+class RateLimited(StableServeError):
+    """The API key exceeded its request limit and is timed out (HTTP 429 ``rate_limit_exceeded``,
+    gRPC RESOURCE_EXHAUSTED). ``retry_after`` in seconds."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int = 60):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -88,6 +88,21 @@ class OpenAISettings(BaseModel):
     public_url: str | None = None
 
 
+class RateLimitSettings(BaseModel):
+    """Per-API-key request limits (CONTRACT.md §3.1: 150 requests per 10 s, then 60 s out).
+
+    ``requests`` per ``window_s`` seconds (moving window); the request after the limit gets
+    429 and the key is refused for ``timeout_s`` seconds. ``enabled`` false turns it off.
+    Counters live in memory, or in Redis when ``Settings.redis_url`` is set (shared by every
+    server process).
+    """
+
+    enabled: bool = True
+    requests: int = Field(default=150, ge=1)
+    window_s: int = Field(default=10, ge=1)
+    timeout_s: int = Field(default=60, ge=0)
+
+
 class Settings(BaseSettings):
     """Root settings.
 
@@ -100,6 +115,8 @@ class Settings(BaseSettings):
       PostgreSQL as ``postgresql+psycopg://user@host/db``.
     - ``secret_key``: server secret for the keyed hash of API keys; default: generated once
       and kept in ``<home>/secret.key``.
+    - ``redis_url``: e.g. ``redis://127.0.0.1:6379/0``; shared state (rate limits) of many
+      server processes. ``None``: in-process memory.
     """
 
     model_config = SettingsConfigDict(env_prefix="STABLESERVE_", env_nested_delimiter="__", extra="ignore")
@@ -114,6 +131,8 @@ class Settings(BaseSettings):
     results: ResultSettings = ResultSettings()
     grpc: GrpcSettings = GrpcSettings()
     openai: OpenAISettings = OpenAISettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    redis_url: str | None = None
 
     @property
     def db_url(self) -> str:

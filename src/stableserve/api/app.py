@@ -32,6 +32,7 @@ from stableserve.api.rest_v2beta.router import build_router as build_v2beta_rout
 from stableserve.api.service import GenerationService
 from stableserve.core.engines import EngineRegistry, load_registry
 from stableserve.errors import PayloadTooLarge, StableServeError
+from stableserve.ratelimit import RateLimiter
 from stableserve.settings import Settings
 
 log = logging.getLogger("stableserve.api")
@@ -127,6 +128,8 @@ class RequestContext:
                 headers = MutableHeaders(scope=message)
                 if "x-request-id" not in headers:
                     headers.append("x-request-id", rid)
+                for name, value in scope["state"].get("rate_headers", {}).items():
+                    headers[name] = value
             await send(message)
 
         start = time.perf_counter()
@@ -169,6 +172,7 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
         secret=server_secret(settings),
         jobs=job_client,
         service=GenerationService(settings, registry, job_client),
+        limiter=RateLimiter(settings),
     )
 
     serve_grpc = settings.grpc.port is not None or settings.grpc.insecure_port is not None

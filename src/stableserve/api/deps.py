@@ -33,6 +33,8 @@ class AppState:
     secret: bytes
     jobs: Any
     service: GenerationService
+    limiter: Any = None
+    """``ratelimit.RateLimiter`` counting every authenticated request (None: no limits)."""
 
 
 def app_state(request: Request) -> AppState:
@@ -61,9 +63,9 @@ def mask_key(key: str) -> str:
 def principal_for_key(state: AppState, raw: str, org_header: str | None = None) -> Principal:
     """The ``Principal`` of API key ``raw`` (optionally acting for ``org_header``). Blocking.
 
-    Raises ``Unauthorized`` (unknown or revoked key; the message shows only the key's start)
-    and ``PermissionDenied`` (an organization the key's user is not in). Every protocol
-    authenticates through this.
+    Raises ``Unauthorized`` (unknown or revoked key; the message shows only the key's start),
+    ``PermissionDenied`` (an organization the key's user is not in) and ``RateLimited`` (the
+    key's request limit, counted here). Every protocol authenticates through this.
     """
     from stableserve.accounts import keys as keys_mod
     from stableserve.accounts import orgs as orgs_mod
@@ -76,7 +78,8 @@ def principal_for_key(state: AppState, raw: str, org_header: str | None = None) 
                 f"Incorrect API key provided: {mask_key(raw)}. Ask your stableserve operator for a key."
             ) from None
         org_id = orgs_mod.resolve_org(session, auth, org_header) if org_header else auth.org_id
-        return Principal(key_id=auth.key_id, user_id=auth.user_id, email=auth.user_email, org_id=org_id)
+    rate = state.limiter.hit(auth.key_id) if state.limiter is not None else None  # RateLimited
+    return Principal(auth.key_id, auth.user_id, auth.user_email, org_id, rate=rate)
 
 
 async def authenticate(request: Request, *, use_org_header: bool = True) -> Principal:
@@ -86,6 +89,8 @@ async def authenticate(request: Request, *, use_org_header: bool = True) -> Prin
     org_header = request.headers.get("organization") if use_org_header else None
     principal = await run_in_threadpool(principal_for_key, state, raw, org_header)
     request.state.principal = principal
+    if principal.rate is not None:
+        request.state.rate_headers = principal.rate.headers()  # added by RequestContext
     return principal
 
 

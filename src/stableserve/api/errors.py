@@ -56,7 +56,8 @@ def http_error(exc: Exception) -> HttpError:
     InvalidRequest 400 (its code when the contract knows it, else ``bad_request``), Unauthorized
     401, PermissionDenied 403, NotFound 404, InsufficientCredits 402 ``insufficient_credits``,
     EngineNotReady 503 ``engine_not_ready``, Overloaded 503 ``overloaded`` (Retry-After 5),
-    PayloadTooLarge 413 ``payload_too_large``, GenerationCancelled 499-like 400 ``cancelled``,
+    RateLimited 429 ``rate_limit_exceeded`` (Retry-After), PayloadTooLarge 413
+    ``payload_too_large``, GenerationCancelled 499-like 400 ``cancelled``,
     anything else 500 ``server_error`` with a generic message (the details only go to the log).
     """
     err = _http_error(exc)
@@ -81,6 +82,8 @@ def _http_error(exc: Exception) -> HttpError:
         return HttpError(503, "engine_not_ready", exc.message, {"Retry-After": "60"})
     if isinstance(exc, e.Overloaded):
         return HttpError(503, "overloaded", exc.message, {"Retry-After": "5"})
+    if isinstance(exc, e.RateLimited):
+        return HttpError(429, "rate_limit_exceeded", exc.message, {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, e.PayloadTooLarge):
         return HttpError(413, "payload_too_large", exc.message)
     if isinstance(exc, e.GenerationCancelled):

@@ -13,6 +13,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -33,6 +34,8 @@ class Principal:
     user_id: str
     email: str
     org_id: str
+    rate: Any = None
+    """The key's ``ratelimit.RateState`` after this request (for ``X-RateLimit-*``), or None."""
 
 
 DISCONNECT_POLL_SECONDS = 0.25

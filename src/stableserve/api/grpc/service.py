@@ -37,6 +37,7 @@ _STATUS = (
     (e.NotFound, grpc.StatusCode.NOT_FOUND),
     (e.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (e.InsufficientCredits, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.EngineNotReady, grpc.StatusCode.UNAVAILABLE),
     (e.GenerationCancelled, grpc.StatusCode.CANCELLED),
@@ -65,7 +66,9 @@ class Auth:
         with self.state.sessions() as session:
             org = orgs_mod.get_org(session, self.insecure_org)
             owner = keys_mod.org_owner(session, org)
-            return Principal(key_id="", user_id=owner.id, email=owner.email, org_id=org.id)
+            user_id, email, org_id = owner.id, owner.email, org.id
+        rate = self.state.limiter.hit(f"org:{org_id}") if self.state.limiter is not None else None
+        return Principal(key_id="", user_id=user_id, email=email, org_id=org_id, rate=rate)
 
     async def principal(self, context: grpc.aio.ServicerContext) -> Principal:
         """Authenticate the call; raises ``Unauthorized`` (missing or bad key)."""
