@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from stableserve import __version__
 from stableserve.api.deps import AppState
 from stableserve.api.errors import HttpError, http_error, new_request_id
+from stableserve.api.health import build_health_router
 from stableserve.api.limits import BodyLimit
 from stableserve.api.openai.errors import is_openai_path, openai_body
 from stableserve.api.openai.images import build_images_router
@@ -32,6 +33,7 @@ from stableserve.api.rest_v2beta.router import build_router as build_v2beta_rout
 from stableserve.api.service import GenerationService
 from stableserve.core.engines import EngineRegistry, load_registry
 from stableserve.errors import PayloadTooLarge, StableServeError
+from stableserve.observability.metrics import Metrics
 from stableserve.ratelimit import RateLimiter
 from stableserve.settings import Settings
 
@@ -103,6 +105,13 @@ def _install_handlers(app: FastAPI) -> None:
         return render_error(request, http_error(exc))
 
 
+def _route_template(scope) -> str:
+    """The request path with each path parameter's value replaced by ``{name}``
+    (``/v1/generation/{engine_id}/text-to-image``): a bounded metrics label."""
+    values = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    return "/".join(f"{{{values[part]}}}" if part in values else part for part in scope["path"].split("/"))
+
+
 class RequestContext:
     """Pure ASGI middleware: a request id per HTTP request (``request.state.request_id``, the
     ``x-request-id`` response header) and one log line per request.
@@ -111,8 +120,9 @@ class RequestContext:
     client's disconnect from ``request.is_disconnected()``, which cancels abandoned jobs.
     """
 
-    def __init__(self, app):
+    def __init__(self, app, metrics=None):
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -136,6 +146,11 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if self.metrics is not None:
+                route = _route_template(scope) if scope.get("route") is not None else "unmatched"
+                self.metrics.observe_request(
+                    scope["method"], route, status["code"], time.perf_counter() - start
+                )
             hdrs = Headers(scope=scope)
             client, version = hdrs.get("stability-client-id"), hdrs.get("stability-client-version")
             log.info(
@@ -165,14 +180,16 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
         job_client = JobClient(
             settings, sessions, lambda on_event: LocalExecutor(settings, settings.engines, on_event)
         )
+    metrics = Metrics(sessions)
     state = AppState(
         settings=settings,
         registry=registry,
         sessions=sessions,
         secret=server_secret(settings),
         jobs=job_client,
-        service=GenerationService(settings, registry, job_client),
+        service=GenerationService(settings, registry, job_client, metrics=metrics),
         limiter=RateLimiter(settings),
+        metrics=metrics,
     )
 
     serve_grpc = settings.grpc.port is not None or settings.grpc.insecure_port is not None
@@ -206,10 +223,11 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     app.state.stableserve = state
     _install_handlers(app)
     app.add_middleware(BodyLimit, render=_render_too_large, prefixes=V2_PREFIXES)
-    app.add_middleware(RequestContext)  # outermost: the request id exists for every answer
+    app.add_middleware(RequestContext, metrics=metrics)  # outermost: every answer has a request id
     for flavor in ("v1", "v1beta", "v1alpha"):
         app.include_router(build_router(flavor), prefix=f"/{flavor}")
     app.include_router(build_v2beta_router(), prefix="/v2beta")
     app.include_router(build_images_router(), prefix="/v1")
     app.include_router(build_models_router(), prefix="/v1")
+    app.include_router(build_health_router())
     return app

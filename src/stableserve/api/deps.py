@@ -35,6 +35,8 @@ class AppState:
     service: GenerationService
     limiter: Any = None
     """``ratelimit.RateLimiter`` counting every authenticated request (None: no limits)."""
+    metrics: Any = None
+    """``observability.metrics.Metrics`` of this app (None: not collected)."""
 
 
 def app_state(request: Request) -> AppState:

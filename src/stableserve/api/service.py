@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -21,7 +22,7 @@ from stableserve.core.engines import EngineRegistry
 from stableserve.core.pricing import price
 from stableserve.core.types import Artifact, GenerationRequest
 from stableserve.core.validation import resolve
-from stableserve.errors import EngineNotReady
+from stableserve.errors import EngineNotReady, GenerationCancelled
 from stableserve.inference.loading import readiness
 from stableserve.settings import Settings
 
@@ -49,10 +50,11 @@ class GenerationService:
     ``GenerationCancelled``); credits are reserved before any work and only captured on success.
     """
 
-    def __init__(self, settings: Settings, registry: EngineRegistry, job_client):
+    def __init__(self, settings: Settings, registry: EngineRegistry, job_client, metrics=None):
         self.settings = settings
         self.registry = registry
         self.jobs = job_client
+        self.metrics = metrics
 
     def prepare(
         self, request: GenerationRequest, per_image: float | None = None
@@ -111,9 +113,19 @@ class GenerationService:
             )
         )
         watcher = asyncio.create_task(self._watch(job_id, disconnected)) if disconnected else None
+        started, outcome = time.perf_counter(), "failed"
         try:
-            return job_id, credits, await self.jobs.result(job_id)
+            artifacts = await self.jobs.result(job_id)
+            outcome = "succeeded"
+            return job_id, credits, artifacts
+        except GenerationCancelled:
+            outcome = "cancelled"
+            raise
         finally:
+            if self.metrics is not None:
+                seconds = time.perf_counter() - started
+                task = resolved.task.value
+                self.metrics.observe_generation(resolved.engine_id, task, outcome, seconds, float(credits))
             if watcher is not None:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics, health and readiness (DESIGN.md layout)."""
