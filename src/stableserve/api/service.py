@@ -118,7 +118,7 @@ class GenerationService:
             artifacts = await self.jobs.result(job_id)
             outcome = "succeeded"
             return job_id, credits, artifacts
-        except GenerationCancelled:
+        except (GenerationCancelled, asyncio.CancelledError):  # the client went away, or asked
             outcome = "cancelled"
             raise
         finally:
