@@ -51,22 +51,27 @@ def client(api_settings) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.fixture
-def make_account(api_settings):
-    """Factory: ``make_account(credits=100)`` -> Account with a fresh org and key."""
+def account_factory(settings: Settings):
+    """``make(credits=100)`` -> Account with a fresh org and key, on ``settings``' database."""
     from stableserve.accounts import keys, orgs
     from stableserve.db.session import session_factory
 
-    sessions = session_factory(api_settings)
+    sessions = session_factory(settings)
 
     def make(credits: float = 100) -> Account:
         name = f"org-{secrets.token_hex(4)}"
         with sessions() as s, s.begin():
             org = orgs.create_org(s, name, credits=credits)
-            _key, secret = keys.create_key(s, org, keys.server_secret(api_settings))
+            _key, secret = keys.create_key(s, org, keys.server_secret(settings))
             return Account(org_id=org.id, org_name=name, key=secret)
 
     return make
+
+
+@pytest.fixture
+def make_account(api_settings):
+    """Factory: ``make_account(credits=100)`` -> Account with a fresh org and key."""
+    return account_factory(api_settings)
 
 
 @pytest.fixture

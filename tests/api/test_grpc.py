@@ -19,7 +19,7 @@ from stableserve.api.grpc.generated import dashboard_pb2 as dpb
 from stableserve.api.grpc.generated import dashboard_pb2_grpc, engines_pb2_grpc, generation_pb2_grpc
 from stableserve.api.grpc.generated import engines_pb2 as epb
 from stableserve.api.grpc.generated import generation_pb2 as pb
-from tests.api.conftest import png_bytes
+from tests.api.conftest import account_factory, png_bytes
 from tests.api.v2 import small_v2_registry
 
 
@@ -54,22 +54,7 @@ def grpc_app(api_settings, tmp_path_factory, make_account_module):
 @pytest.fixture(scope="module")
 def make_account_module(api_settings):
     """``make_account`` for module-scoped fixtures."""
-    import secrets
-
-    from stableserve.accounts import keys, orgs
-    from stableserve.db.session import session_factory
-    from tests.api.conftest import Account
-
-    sessions = session_factory(api_settings)
-
-    def make(credits: float = 100):
-        name = f"org-{secrets.token_hex(4)}"
-        with sessions() as s, s.begin():
-            org = orgs.create_org(s, name, credits=credits)
-            _key, secret = keys.create_key(s, org, keys.server_secret(api_settings))
-            return Account(org_id=org.id, org_name=name, key=secret)
-
-    return make
+    return account_factory(api_settings)
 
 
 def channel(grpc_app, key: str | None) -> grpc.Channel:
