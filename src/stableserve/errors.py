@@ -105,3 +105,49 @@ class RateLimited(StableServeError):
     def __init__(self, message: str, *, retry_after: int = 60):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ContentModerated(StableServeError):
+    """The organization's ``ModerationPolicy`` flagged a prompt; raised before any work or
+    charge (v2 403 ``content_moderation``, v1 400 ``invalid_prompts``, OpenAI 400
+    ``content_policy_violation``, gRPC an ``ARTIFACT_TEXT`` answer with ``finish_reason=FILTER``).
+
+    ``field``: which request field was flagged (``prompts``, ``negative_prompts``,
+    ``mask_prompt``); ``text``: the flagged text, for the gRPC answer only (never logged).
+    """
+
+    code = "content_moderation"
+
+    def __init__(self, message: str, *, field: str = "prompts", text: str = ""):
+        super().__init__(message, param=field)
+        self.field = field
+        self.text = text
+
+
+class IdempotencyConflict(StableServeError):
+    """The ``Idempotency-Key`` cannot be used now (HTTP 409 ``idempotency_key_in_use``): a
+    request with it is still running, or its first response was too large to keep."""
+
+    code = "idempotency_key_in_use"
+
+
+class IdempotencyMismatch(StableServeError):
+    """The ``Idempotency-Key`` was already used with a different request (another body, path,
+    query or Accept) within its lifetime (HTTP 422 ``idempotency_key_mismatch``)."""
+
+    code = "idempotency_key_mismatch"
+
+
+def as_domain_error(exc: Exception) -> Exception:
+    """``exc``, or an ``InvalidRequest`` when it is a pydantic ``ValidationError`` raised while
+    an adapter built a core value (``GenerationRequest``, ``WeightedPrompt``, ...) from wire
+    input: the first error's location and message, e.g. ``text: String should have at most
+    10000 characters``. Every adapter's error mapping calls this, so a bound declared on a core
+    type is a 400 (gRPC INVALID_ARGUMENT) on every protocol, never a 500."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError) or not exc.errors():
+        return exc
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ())) or "body"
+    return InvalidRequest(f"{field}: {first.get('msg', 'invalid value')}", param=field)

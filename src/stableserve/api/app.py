@@ -28,7 +28,7 @@ from stableserve.api.openai.errors import is_openai_path, openai_body
 from stableserve.api.openai.images import build_images_router
 from stableserve.api.openai.models import build_models_router
 from stableserve.api.rest_v1.router import build_router
-from stableserve.api.rest_v2beta.errors import V2_PREFIXES, is_v2_path, v2_body
+from stableserve.api.rest_v2beta.errors import is_v2_path, v2_body
 from stableserve.api.rest_v2beta.router import build_router as build_v2beta_router
 from stableserve.api.service import GenerationService
 from stableserve.core.engines import EngineRegistry, load_registry
@@ -40,8 +40,12 @@ from stableserve.settings import Settings
 log = logging.getLogger("stableserve.api")
 
 
-def _v1_body(request: Request, err: HttpError) -> JSONResponse:
-    rid = getattr(request.state, "request_id", None) or new_request_id()
+def _body_for_path(rid: str, path: str, err: HttpError) -> JSONResponse:
+    """``err`` in the body shape of the protocol ``path`` belongs to (see ``render_error``)."""
+    if is_v2_path(path):
+        return v2_body(rid, err, path)
+    if is_openai_path(path):
+        return openai_body(rid, err)
     headers = {"x-request-id": rid, **(err.headers or {})}
     return JSONResponse(
         {"id": rid, "name": err.name, "message": err.message}, status_code=err.status, headers=headers
@@ -52,16 +56,12 @@ def render_error(request: Request, err: HttpError) -> JSONResponse:
     """The error response for ``request``'s protocol: v2 paths the v2 body, OpenAI paths
     (``/v1/images``, ``/v1/models``) OpenAI's body, else the v1 body."""
     rid = getattr(request.state, "request_id", None) or new_request_id()
-    if is_v2_path(request.url.path):
-        return v2_body(rid, err, request.url.path)
-    if is_openai_path(request.url.path):
-        return openai_body(rid, err)
-    return _v1_body(request, err)
+    return _body_for_path(rid, request.url.path, err)
 
 
 def _render_too_large(scope, exc: PayloadTooLarge) -> JSONResponse:
     rid = scope.get("state", {}).get("request_id") or new_request_id()
-    return v2_body(rid, http_error(exc), scope["path"])
+    return _body_for_path(rid, scope["path"], http_error(exc))
 
 
 def _install_handlers(app: FastAPI) -> None:
@@ -222,7 +222,7 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     )
     app.state.stableserve = state
     _install_handlers(app)
-    app.add_middleware(BodyLimit, render=_render_too_large, prefixes=V2_PREFIXES)
+    app.add_middleware(BodyLimit, render=_render_too_large, prefixes=("/",))  # every protocol
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: every answer has a request id
     for flavor in ("v1", "v1beta", "v1alpha"):
         app.include_router(build_router(flavor), prefix=f"/{flavor}")

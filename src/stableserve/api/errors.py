@@ -57,9 +57,11 @@ def http_error(exc: Exception) -> HttpError:
     401, PermissionDenied 403, NotFound 404, InsufficientCredits 402 ``insufficient_credits``,
     EngineNotReady 503 ``engine_not_ready``, Overloaded 503 ``overloaded`` (Retry-After 5),
     RateLimited 429 ``rate_limit_exceeded`` (Retry-After), PayloadTooLarge 413
-    ``payload_too_large``, GenerationCancelled 499-like 400 ``cancelled``,
+    ``payload_too_large``, GenerationCancelled 499-like 400 ``cancelled``, IdempotencyConflict
+    409 ``idempotency_key_in_use``, IdempotencyMismatch 422 ``idempotency_key_mismatch``,
     anything else 500 ``server_error`` with a generic message (the details only go to the log).
     """
+    exc = e.as_domain_error(exc)  # a bound of a core type (pydantic) is a 400
     err = _http_error(exc)
     if isinstance(exc, e.StableServeError):  # the field and machine code, for protocols that show them
         return HttpError(err.status, err.name, err.message, err.headers, exc.param, exc.code)
@@ -86,6 +88,10 @@ def _http_error(exc: Exception) -> HttpError:
         return HttpError(429, "rate_limit_exceeded", exc.message, {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, e.PayloadTooLarge):
         return HttpError(413, "payload_too_large", exc.message)
+    if isinstance(exc, e.IdempotencyConflict):
+        return HttpError(409, "idempotency_key_in_use", exc.message)
+    if isinstance(exc, e.IdempotencyMismatch):
+        return HttpError(422, "idempotency_key_mismatch", exc.message)
     if isinstance(exc, e.GenerationCancelled):
         return HttpError(400, "cancelled", exc.message)
     return HttpError(500, "server_error", SERVER_ERROR_MESSAGE)

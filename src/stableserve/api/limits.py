@@ -1,8 +1,9 @@
 """``BodyLimit``: refuse oversized request bodies before they are read into memory.
 
 REST v2beta caps a request body at 10 MiB and answers 413 ``payload_too_large`` (CONTRACT.md
-§3.1). A declared ``Content-Length`` over the cap is refused at once, without reading the
-body; a body without one (chunked) is counted as it streams in and the request fails with
+§3.1); stableserve applies the same cap to every HTTP protocol (v1 family and OpenAI answer
+413 in their own error bodies). A declared ``Content-Length`` over the cap is refused at once,
+without reading the body; a body without one (chunked) is counted as it streams in and the request fails with
 ``PayloadTooLarge`` as soon as the count passes the cap, so at most the cap is ever buffered.
 """
 
@@ -16,7 +17,7 @@ from starlette.responses import Response
 from stableserve.errors import PayloadTooLarge
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
-"""10 MiB, the v2beta limit."""
+"""10 MiB, the v2beta limit (every HTTP route; gRPC messages have the same cap)."""
 
 
 class BodyLimit:
@@ -41,7 +42,8 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     def _error(self) -> PayloadTooLarge:
-        return PayloadTooLarge(f"body: payloads cannot be larger than {self.max_bytes} bytes", param="body")
+        size = f"{self.max_bytes // 2**20}MiB" if self.max_bytes % 2**20 == 0 else f"{self.max_bytes} bytes"
+        return PayloadTooLarge(f"body: payloads cannot be larger than {size} in size", param="body")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith(self.prefixes):

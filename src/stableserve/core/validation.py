@@ -72,8 +72,28 @@ def check_dimensions(rule: DimensionRule, width: int, height: int, *, what: str 
         )
 
 
+#: At most this many weighted prompts per request (every protocol; gRPC has no other cap).
+MAX_PROMPTS = 64
+#: At most this many characters in one prompt or mask prompt (``WeightedPrompt`` enforces it
+#: too; v1's schema caps a prompt at 2,000).
+MAX_PROMPT_CHARS = 10_000
+
+
 def _check_prompts(request: GenerationRequest, engine: EngineSpec) -> None:
     needs_prompt = request.task not in (Task.UPSCALE, Task.REMOVE_BACKGROUND)
+    if len(request.prompts) > MAX_PROMPTS:
+        raise InvalidRequest(
+            f"text_prompts: at most {MAX_PROMPTS} prompts are allowed",
+            code="invalid_prompts",
+            param="prompts",
+        )
+    texts = [p.text for p in request.prompts] + [request.mask_prompt or ""]
+    if any(len(text) > MAX_PROMPT_CHARS for text in texts):
+        raise InvalidRequest(
+            f"text_prompts: a prompt may be at most {MAX_PROMPT_CHARS} characters",
+            code="invalid_prompts",
+            param="prompts",
+        )
     for p in request.prompts:
         if not p.text.strip():
             raise InvalidRequest(

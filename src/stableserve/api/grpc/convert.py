@@ -37,6 +37,7 @@ from stableserve.core.types import (
     Task,
     WeightedPrompt,
 )
+from stableserve.core.validation import MAX_PROMPT_CHARS
 from stableserve.errors import InvalidRequest
 
 SAMPLERS = {
@@ -77,6 +78,10 @@ def _prompts(request: pb.Request) -> tuple[list[WeightedPrompt], bytes | None, b
             weight = prompt.parameters.weight if prompt.parameters.HasField("weight") else 1.0
             if not prompt.text.strip():
                 raise InvalidRequest(f"prompt[{i}]: text prompts may not be blank", param="prompts")
+            if len(prompt.text) > MAX_PROMPT_CHARS:
+                raise InvalidRequest(
+                    f"prompt[{i}]: text prompts may be at most {MAX_PROMPT_CHARS} characters", param="prompts"
+                )
             prompts.append(WeightedPrompt(text=prompt.text, weight=weight))
         elif kind == "artifact":
             art = prompt.artifact

@@ -3,7 +3,9 @@
 
 Ports (``settings.grpc``, CONTRACT.md §4.3): a TLS port (stability-sdk sends its key only to
 addresses ending in ``443``, over TLS) and, optionally, an insecure local-only port that
-acts for one configured organization. Message limits follow the client: 20 MiB.
+acts for one configured organization. Messages received are capped at 10 MiB like every HTTP
+body (gRPC answers RESOURCE_EXHAUSTED before the servicer runs); answers may be 20 MiB, what
+stability-sdk's api.py accepts.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from stableserve.api.grpc.service import Auth, DashboardServicer, EnginesService
 from stableserve.settings import GrpcSettings
 
 MAX_MESSAGE_BYTES = 20 * 1024 * 1024
-"""Largest message sent or received (stability-sdk's api.py uses 20 MiB, client.py 10 MiB)."""
+"""Largest message sent (stability-sdk's api.py accepts 20 MiB, client.py 10 MiB)."""
+MAX_RECEIVE_BYTES = 10 * 1024 * 1024
+"""Largest request message received: the 10 MiB body cap of every protocol (``api.limits``)."""
 
 OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
 ]
 
 

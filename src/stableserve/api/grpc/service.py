@@ -46,6 +46,7 @@ _STATUS = (
 
 def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The gRPC status code and details for a domain error (INTERNAL, generic, otherwise)."""
+    exc = e.as_domain_error(exc)  # a bound of a core type (pydantic) is INVALID_ARGUMENT
     for kind, code in _STATUS:
         if isinstance(exc, kind):
             return code, exc.message
