@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 SPANDREL_SPEC ?= spandrel==0.4.2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run generate test lint bench clean install
+.PHONY: run generate test lint audit bench clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,12 @@ generate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(MAKE) --no-print-directory audit
 	$(BIN)/pytest -q
+
+# Known vulnerabilities in the installed dependencies (PyPI's advisory data); fails when any.
+audit: $(STAMP)
+	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
