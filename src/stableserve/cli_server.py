@@ -8,7 +8,6 @@ options override ``STABLESERVE_GRPC__*`` settings; the result is checked before 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -179,8 +178,8 @@ def serve(
     from stableserve.api.app import build_app
     from stableserve.db.migrate import upgrade
     from stableserve.inference.loading import quiet_libraries
+    from stableserve.observability.logs import configure_logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     quiet_libraries()
     settings = _with_grpc(
         _settings(engines),
@@ -191,6 +190,7 @@ def serve(
         insecure_port=grpc_insecure_port,
         insecure_org=grpc_insecure_org,
     )
+    configure_logging(log_level, settings.logs.format)  # STABLESERVE_LOGS__FORMAT=json|text
     _check_grpc(settings.grpc, port)
     _check_ports_free(settings.grpc)
     try:
@@ -216,7 +216,8 @@ def serve(
             f"use only: no API key, every call acts for organization {grpc.insecure_org})",
             highlight=False,
         )
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    # log_config=None: uvicorn's records go through our handler (JSON, request ids) too.
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, log_config=None)
 
 
 def dev_setup(

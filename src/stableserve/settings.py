@@ -8,8 +8,9 @@ nesting, e.g. ``STABLESERVE_HOME=/srv/stableserve`` or
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -88,11 +89,21 @@ class OpenAISettings(BaseModel):
     public_url: str | None = None
 
 
+class LogSettings(BaseModel):
+    """Server logs (``observability.logs``). ``format``: ``json`` (one object per line, with
+    the request id) or ``text``; ``include_prompts``: add prompt texts to the generation log
+    line (off by default: prompts and images never reach the logs)."""
+
+    format: Literal["json", "text"] = "json"
+    include_prompts: bool = False
+
+
 class RateLimitSettings(BaseModel):
     """Per-API-key request limits (CONTRACT.md §3.1: 150 requests per 10 s, then 60 s out).
 
     ``requests`` per ``window_s`` seconds (moving window); the request after the limit gets
     429 and the key is refused for ``timeout_s`` seconds. ``enabled`` false turns it off.
+    The keys of an organization on a plan get the plan's ``requests`` per ``window_s`` instead.
     Counters live in memory, or in Redis when ``Settings.redis_url`` is set (shared by every
     server process).
     """
@@ -101,6 +112,90 @@ class RateLimitSettings(BaseModel):
     requests: int = Field(default=150, ge=1)
     window_s: int = Field(default=10, ge=1)
     timeout_s: int = Field(default=60, ge=0)
+
+
+class PlanSettings(BaseModel):
+    """Plans' monthly credit grants (``accounts.plans``).
+
+    ``grant_interval_s``: how often the server applies due monthly grants (at startup, then
+    every interval; each organization on a plan gets its grant once per UTC month, so the
+    interval only bounds how late in a month it arrives); ``grants_enabled`` false: the server
+    never applies them (``stableserve plans apply-grants`` or the admin API still can).
+    """
+
+    grants_enabled: bool = True
+    grant_interval_s: float = Field(default=3600.0, gt=0)
+
+
+class IdempotencySettings(BaseModel):
+    """``Idempotency-Key`` on POST requests (``api.idempotency``).
+
+    - ``enabled``: false ignores the header.
+    - ``ttl_s``: how long a stored response is replayed, counted from when it was stored
+      (default 86400 = 24 h); later the key is free again.
+    - ``lease_s``: a running request holds its key for this long and renews the hold every
+      ``lease_s / 3`` seconds; a key whose server died is free again ``lease_s`` later.
+    - ``max_response_bytes``: the largest response body kept (default 64 MiB); a bigger
+      success is remembered without its body and its retries get 409.
+    - ``purge_interval_s``: expired keys are deleted at most this often (per server process).
+    """
+
+    enabled: bool = True
+    ttl_s: float = Field(default=86_400.0, gt=0)
+    lease_s: float = Field(default=60.0, ge=1)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    purge_interval_s: float = Field(default=600.0, gt=0)
+
+
+class ModerationSettings(BaseModel):
+    """Server-wide content moderation defaults (``core.moderation``; organizations override
+    ``mode`` and add words and patterns with ``stableserve orgs moderation``).
+
+    - ``mode``: ``block`` (refuse flagged prompts, blur flagged images), ``filter`` (only blur
+      flagged images) or ``off``.
+    - ``words``: whole words or phrases, case-insensitive, e.g.
+      ``STABLESERVE_MODERATION__WORDS='["foo", "bar baz"]'``; ``patterns``: Python regexes
+      (each at most 200 characters, no nested repeats), searched case-insensitively.
+    - ``classifier``: an optional prompt classifier plugin, ``module:attr`` or an entry point
+      name of group ``stableserve.moderation`` (``classify(text) -> bool | score``);
+      ``classifier_threshold``: score at or above which it flags (0..1).
+    - ``check_negative_prompts``: also check negative prompts (off: they steer away from content).
+    - ``image_checker``: an optional image safety checker plugin, ``module:attr`` or an entry
+      point of group ``stableserve.image_safety`` (``check(images) -> list[bool]``); it wins
+      over ``safety_checker``: use diffusers' safety checker when the engine's weights ship
+      one (SD 1.x folders with ``safety_checker/`` and ``feature_extractor/``).
+    """
+
+    mode: Literal["block", "filter", "off"] = "block"
+    words: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+    classifier: str | None = None
+    classifier_threshold: float = Field(default=0.5, ge=0, le=1)
+    check_negative_prompts: bool = False
+    image_checker: str | None = None
+    safety_checker: bool = True
+
+    @field_validator("words")
+    @classmethod
+    def _words(cls, value: list[str]) -> list[str]:
+        from stableserve.core.moderation import validate_words
+        from stableserve.errors import InvalidRequest
+
+        try:
+            return list(validate_words(value))
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        from stableserve.core.moderation import validate_patterns
+        from stableserve.errors import InvalidRequest
+
+        try:
+            return list(validate_patterns(value))
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from None
 
 
 class Settings(BaseSettings):
@@ -132,6 +227,10 @@ class Settings(BaseSettings):
     grpc: GrpcSettings = GrpcSettings()
     openai: OpenAISettings = OpenAISettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
+    logs: LogSettings = LogSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    plans: PlanSettings = PlanSettings()
+    moderation: ModerationSettings = ModerationSettings()
     redis_url: str | None = None
 
     @property

@@ -8,6 +8,7 @@ is unique per request and appears in the server's log line for that request (and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import traceback
@@ -20,10 +21,15 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stableserve import __version__
+from stableserve.api.admin import PREFIX as ADMIN_PREFIX
+from stableserve.api.admin import build_admin_router
 from stableserve.api.deps import AppState
-from stableserve.api.errors import HttpError, http_error, new_request_id
+from stableserve.api.errors import HttpError, http_error, new_request_id, v1_error
 from stableserve.api.health import build_health_router
+from stableserve.api.idempotency import Idempotency
+from stableserve.api.idempotency import middleware_options as idempotency_options
 from stableserve.api.limits import BodyLimit
+from stableserve.api.moderation import Moderator
 from stableserve.api.openai.errors import is_openai_path, openai_body
 from stableserve.api.openai.images import build_images_router
 from stableserve.api.openai.models import build_models_router
@@ -33,6 +39,7 @@ from stableserve.api.rest_v2beta.router import build_router as build_v2beta_rout
 from stableserve.api.service import GenerationService
 from stableserve.core.engines import EngineRegistry, load_registry
 from stableserve.errors import PayloadTooLarge, StableServeError
+from stableserve.observability.logs import request_id_var
 from stableserve.observability.metrics import Metrics
 from stableserve.ratelimit import RateLimiter
 from stableserve.settings import Settings
@@ -46,6 +53,7 @@ def _body_for_path(rid: str, path: str, err: HttpError) -> JSONResponse:
         return v2_body(rid, err, path)
     if is_openai_path(path):
         return openai_body(rid, err)
+    err = v1_error(err)  # REST v1 family: a flagged prompt is 400 invalid_prompts
     headers = {"x-request-id": rid, **(err.headers or {})}
     return JSONResponse(
         {"id": rid, "name": err.name, "message": err.message}, status_code=err.status, headers=headers
@@ -130,6 +138,7 @@ class RequestContext:
             return
         rid = new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
+        rid_token = request_id_var.set(rid)  # every log line of this request carries it
         status = {"code": 0}
 
         async def send_with_id(message):
@@ -162,12 +171,14 @@ class RequestContext:
                 (time.perf_counter() - start) * 1000,
                 f" client={client}/{version or '-'}" if client or version else "",
             )
+            request_id_var.reset(rid_token)
 
 
 def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job_client=None) -> FastAPI:
     """The application. ``registry`` defaults to ``settings.engines``; ``job_client`` to a
     ``JobClient`` over a ``LocalExecutor`` (started and stopped with the app's lifespan). The
-    gRPC servers of ``settings.grpc`` (if any port is set) start and stop with it too."""
+    gRPC servers of ``settings.grpc`` (if any port is set) start and stop with it too, as does
+    the thread applying plans' monthly grants (``settings.plans``)."""
     from stableserve.accounts.keys import server_secret
     from stableserve.db.session import session_factory
 
@@ -181,13 +192,14 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
             settings, sessions, lambda on_event: LocalExecutor(settings, settings.engines, on_event)
         )
     metrics = Metrics(sessions)
+    moderator = Moderator(settings, sessions)  # a bad classifier plugin fails here
     state = AppState(
         settings=settings,
         registry=registry,
         sessions=sessions,
         secret=server_secret(settings),
         jobs=job_client,
-        service=GenerationService(settings, registry, job_client, metrics=metrics),
+        service=GenerationService(settings, registry, job_client, metrics=metrics, moderator=moderator),
         limiter=RateLimiter(settings),
         metrics=metrics,
     )
@@ -197,12 +209,16 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
         from stableserve.api.grpc.server import build_grpc_servers, check_grpc_settings
 
         check_grpc_settings(settings.grpc)  # a bad configuration fails here, not at startup
+    from stableserve.accounts.plans import GrantScheduler
+
+    grants = GrantScheduler(settings, sessions)  # plans' monthly credits, on a schedule
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await job_client.start()
         grpc_servers = []
         try:
+            grants.start()
             # grpc.aio servers bind to the running loop: built here, they share it with the app.
             # Inside the try: a port that cannot be bound still stops the job client.
             grpc_servers = build_grpc_servers(state, settings.grpc) if serve_grpc else []
@@ -212,6 +228,7 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
         finally:
             for server in grpc_servers:
                 await server.stop(grace=5)
+            await asyncio.to_thread(grants.stop)
             await job_client.stop()
 
     app = FastAPI(
@@ -222,6 +239,8 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     )
     app.state.stableserve = state
     _install_handlers(app)
+    if settings.idempotency.enabled:  # inside BodyLimit: it buffers bodies already capped
+        app.add_middleware(Idempotency, **idempotency_options(state, render=_render_too_large))
     app.add_middleware(BodyLimit, render=_render_too_large, prefixes=("/",))  # every protocol
     app.add_middleware(RequestContext, metrics=metrics)  # outermost: every answer has a request id
     for flavor in ("v1", "v1beta", "v1alpha"):
@@ -230,4 +249,5 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     app.include_router(build_images_router(), prefix="/v1")
     app.include_router(build_models_router(), prefix="/v1")
     app.include_router(build_health_router())
+    app.include_router(build_admin_router(), prefix=ADMIN_PREFIX)
     return app

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,7 +39,11 @@ class Principal:
     org_id: str
     rate: Any = None
     """The key's ``ratelimit.RateState`` after this request (for ``X-RateLimit-*``), or None."""
+    is_admin: bool = False
+    """The key is an admin key (it may call ``/admin/v1``)."""
 
+
+log = logging.getLogger("stableserve.service")
 
 DISCONNECT_POLL_SECONDS = 0.25
 
@@ -45,16 +51,32 @@ DISCONNECT_POLL_SECONDS = 0.25
 class GenerationService:
     """Runs generation requests for authenticated principals through the ``JobClient``.
 
-    ``generate`` raises the domain errors (``NotFound``, ``InvalidRequest``,
+    ``generate`` raises the domain errors (``ContentModerated``, ``NotFound``, ``InvalidRequest``,
     ``EngineNotReady``, ``InsufficientCredits``, ``Overloaded``, ``GenerationFailed``,
     ``GenerationCancelled``); credits are reserved before any work and only captured on success.
     """
 
-    def __init__(self, settings: Settings, registry: EngineRegistry, job_client, metrics=None):
+    def __init__(
+        self, settings: Settings, registry: EngineRegistry, job_client, metrics=None, moderator=None
+    ):
         self.settings = settings
         self.registry = registry
         self.jobs = job_client
         self.metrics = metrics
+        self.moderator = moderator
+        """``api.moderation.Moderator`` (None: no moderation, ``image_safety`` stays as given)."""
+
+    def admit(
+        self, principal: Principal, request: GenerationRequest, per_image: float | None = None
+    ) -> tuple[GenerationRequest, Decimal]:
+        """Moderation, then ``prepare``: the checks every request passes before its charge.
+
+        Raises ``ContentModerated`` (flagged prompt; nothing reserved, no job) and what
+        ``prepare`` raises. Blocking: call it from a worker thread.
+        """
+        if self.moderator is not None:
+            request = self.moderator.screen(principal.org_id, request)
+        return self.prepare(request, per_image)
 
     def prepare(
         self, request: GenerationRequest, per_image: float | None = None
@@ -101,7 +123,7 @@ class GenerationService:
         """``generate`` that also returns the job id and the credits charged; with
         ``store_result`` the artifacts are kept in the ArtifactStore
         (``settings.results.retention_s``) for later links."""
-        resolved, credits = await run_in_threadpool(self.prepare, request, per_image)
+        resolved, credits = await run_in_threadpool(self.admit, principal, request, per_image)
         job_id = await run_in_threadpool(
             functools.partial(
                 self.jobs.submit,
@@ -112,6 +134,7 @@ class GenerationService:
                 store_result=store_result,
             )
         )
+        self._log_job(job_id, resolved, credits)
         watcher = asyncio.create_task(self._watch(job_id, disconnected)) if disconnected else None
         started, outcome = time.perf_counter(), "failed"
         try:
@@ -140,8 +163,8 @@ class GenerationService:
         Credits are reserved now and captured only when the job succeeds. Raises what
         ``prepare`` and ``JobClient.submit`` raise.
         """
-        resolved, credits = await run_in_threadpool(self.prepare, request, per_image)
-        return await run_in_threadpool(
+        resolved, credits = await run_in_threadpool(self.admit, principal, request, per_image)
+        job_id = await run_in_threadpool(
             functools.partial(
                 self.jobs.submit,
                 resolved,
@@ -150,6 +173,27 @@ class GenerationService:
                 price=credits,
                 store_result=True,
             )
+        )
+        self._log_job(job_id, resolved, credits)
+        return job_id
+
+    def _log_job(self, job_id: str, request: GenerationRequest, credits: Decimal) -> None:
+        """One log line per accepted job: engine, task, size, samples, steps and credits; the
+        prompt texts only with ``settings.logs.include_prompts`` (images never)."""
+        prompts = ""
+        if self.settings.logs.include_prompts:
+            prompts = " prompts=" + json.dumps([[p.text, p.weight] for p in request.prompts])
+        log.info(
+            "job %s queued: engine=%s task=%s size=%sx%s samples=%d steps=%s credits=%s%s",
+            job_id,
+            request.engine_id,
+            request.task.value,
+            request.width,
+            request.height,
+            request.samples,
+            request.steps,
+            credits,
+            prompts,
         )
 
     async def fetch(self, principal: Principal, job_id: str) -> list[Artifact] | None:

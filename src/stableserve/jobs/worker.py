@@ -39,6 +39,21 @@ FATAL = "fatal"
 
 
 # -- worker process --------------------------------------------------------------------------
+
+
+class _WorkerName(logging.Filter):
+    """Prefixes the logger name of each record with ``worker-N``."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.prefix = f"worker-{index}."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            record.name = self.prefix + record.name
+        return True
+
+
 def worker_main(
     index: int,
     settings: Settings,
@@ -53,10 +68,11 @@ def worker_main(
     ``("fatal", message)`` or ``JobEvent`` objects on ``events``.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s"
-        )
+    if not logging.getLogger().handlers:  # a spawned process: the server's format, named per worker
+        from stableserve.observability.logs import configure_logging
+
+        configure_logging("info", settings.logs.format)
+        logging.getLogger().handlers[0].addFilter(_WorkerName(index))
     try:
         from stableserve.core.engines import load_registry
 

@@ -20,11 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from stableserve import errors as e
 from stableserve.api.deps import AppState, Principal, bearer_or_raw, principal_for_key
+from stableserve.api.errors import new_request_id
 from stableserve.api.grpc import convert
 from stableserve.api.grpc.generated import dashboard_pb2 as dpb
 from stableserve.api.grpc.generated import dashboard_pb2_grpc, engines_pb2_grpc, generation_pb2_grpc
 from stableserve.api.grpc.generated import engines_pb2 as epb
 from stableserve.api.grpc.generated import generation_pb2 as pb
+from stableserve.observability.logs import request_id_var
 
 log = logging.getLogger("stableserve.grpc")
 
@@ -63,16 +65,25 @@ class Auth:
     def _org_principal(self) -> Principal:
         from stableserve.accounts import keys as keys_mod
         from stableserve.accounts import orgs as orgs_mod
+        from stableserve.accounts import plans as plans_mod
 
         with self.state.sessions() as session:
             org = orgs_mod.get_org(session, self.insecure_org)
             owner = keys_mod.org_owner(session, org)
             user_id, email, org_id = owner.id, owner.email, org.id
-        rate = self.state.limiter.hit(f"org:{org_id}") if self.state.limiter is not None else None
+            limit = plans_mod.rate_limit_for(session, org_id)
+        limiter = self.state.limiter
+        rate = limiter.hit(f"org:{org_id}", limit) if limiter is not None else None
         return Principal(key_id="", user_id=user_id, email=email, org_id=org_id, rate=rate)
 
     async def principal(self, context: grpc.aio.ServicerContext) -> Principal:
-        """Authenticate the call; raises ``Unauthorized`` (missing or bad key)."""
+        """Authenticate the call; raises ``Unauthorized`` (missing or bad key).
+
+        Also gives the call a request id: the ``x-request-id`` initial metadata and the
+        ``request_id`` of its log lines (``observability.logs``)."""
+        rid = new_request_id()
+        request_id_var.set(rid)  # the servicer's task: scoped to this call
+        await context.send_initial_metadata((("x-request-id", rid),))
         if self.insecure_org is not None:
             return await run_in_threadpool(self._org_principal)
         metadata = dict(context.invocation_metadata() or ())
@@ -104,10 +115,15 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
         return [convert.answer(request.request_id, engine.id, a, received) for a in artifacts]
 
     async def Generate(self, request: pb.Request, context) -> AsyncIterator[pb.Answer]:  # noqa: N802
-        """Run one request; stream its answers. Cancelled calls cancel the job."""
+        """Run one request; stream its answers. Cancelled calls cancel the job. A prompt refused
+        by content moderation is one ``ARTIFACT_TEXT`` answer with ``finish_reason=FILTER``."""
         try:
             principal = await self.auth.principal(context)
             answers = await self._run(principal, request)
+        except e.ContentModerated as exc:  # an answer, not an error: stability-sdk's ClassifierException
+            log.info("gRPC Generate -> FILTER: prompt refused by content moderation (%s)", exc.field)
+            text = exc.text or exc.message
+            answers = [convert.moderated_answer(request.request_id, request.engine_id, text)]
         except e.StableServeError as exc:
             await _abort(context, exc, "Generate")
         except Exception as exc:  # noqa: BLE001 - mapped to INTERNAL, logged with its traceback
@@ -138,7 +154,13 @@ class GenerationServicer(generation_pb2_grpc.GenerationServiceServicer):
                     req.request_id = request.request_id
                 for image in inputs.get(stage_id, []):
                     req.prompt.append(pb.Prompt(artifact=pb.Artifact(type=pb.ARTIFACT_IMAGE, binary=image)))
-                answers = await self._run(principal, req)
+                try:
+                    answers = await self._run(principal, req)
+                except e.ContentModerated as exc:  # the chain stops with the FILTER answer
+                    log.info("gRPC ChainGenerate -> FILTER: prompt refused by moderation (%s)", exc.field)
+                    text = exc.text or exc.message
+                    results.append(convert.moderated_answer(req.request_id, req.engine_id, text))
+                    break
                 actions = list(stage.on_status) or [pb.OnStatus(action=[pb.STAGE_ACTION_RETURN])]
                 for status in actions:
                     if pb.STAGE_ACTION_RETURN in status.action:
