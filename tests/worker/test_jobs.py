@@ -485,3 +485,26 @@ def test_worker_job_loop_rate_limits_progress_and_maps_errors(make_request) -> N
     conn = _Conn()
     assert isinstance(run_job(_FakeRunner(), "j", payload, cancelled, conn), Cancelled)
     assert conn.sent == []  # cancelled before it started: never runs
+
+
+def test_worker_reports_engine_loads_before_the_terminal_event(make_request) -> None:
+    from stableserve.jobs.events import WorkerStats
+    from stableserve.jobs.worker import run_job
+
+    class _Cache:
+        def __init__(self):
+            self.loads = [("sd-x", 1.25)]
+
+        def drain_loads(self):
+            loads, self.loads = self.loads, []
+            return loads
+
+    runner = _FakeRunner(steps=1)
+    runner.cache = _Cache()
+    conn = _Conn()
+    payload = make_request()[0].model_dump_json()
+    assert isinstance(run_job(runner, "j", payload, threading.Event(), conn), Succeeded)
+    stats = conn.sent[-1]
+    assert isinstance(stats, WorkerStats) and stats.loads == (("sd-x", 1.25),) and stats.device == "cpu"
+    run_job(runner, "j", payload, threading.Event(), conn)
+    assert conn.sent[-1].loads == ()  # drained: a cached engine is not a load

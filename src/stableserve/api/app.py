@@ -192,6 +192,8 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
             settings, sessions, lambda on_event: LocalExecutor(settings, settings.engines, on_event)
         )
     metrics = Metrics(sessions)
+    if hasattr(job_client, "observers"):  # engine load times and GPU memory from the workers
+        job_client.observers.append(metrics.observe_worker)
     moderator = Moderator(settings, sessions)  # a bad classifier plugin fails here
     state = AppState(
         settings=settings,

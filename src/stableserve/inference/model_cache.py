@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -36,6 +37,7 @@ class ModelCache:
         self._entries: OrderedDict[str, LoadedEngine] = OrderedDict()
         self._lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = {}
+        self._loads: list[tuple[str, float]] = []  # (engine_id, seconds) since the last drain
 
     @property
     def budget(self) -> int:
@@ -66,12 +68,21 @@ class ModelCache:
                 if hit is not None and hit.engine == engine:
                     self._entries.move_to_end(engine.id)
                     return hit
+            started = time.perf_counter()
             loaded = self._loader(engine, self._settings)
             with self._lock:
+                self._loads.append((engine.id, time.perf_counter() - started))
                 self._entries[engine.id] = loaded
                 self._entries.move_to_end(engine.id)
                 self._evict_over_budget(keep=engine.id)
             return loaded
+
+    def drain_loads(self) -> list[tuple[str, float]]:
+        """The ``(engine_id, seconds)`` of every load since the last call (wall time of the
+        loader: reading weights, building the pipeline, moving it to the device)."""
+        with self._lock:
+            loads, self._loads = self._loads, []
+        return loads
 
     def evict(self, engine_id: str) -> bool:
         """Drop one engine; True when it was loaded."""

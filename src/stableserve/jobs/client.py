@@ -49,6 +49,7 @@ from stableserve.jobs.events import (
     JobEvent,
     Started,
     Succeeded,
+    WorkerStats,
     is_terminal,
 )
 from stableserve.jobs.executor import Executor, ExecutorFactory
@@ -96,6 +97,8 @@ class JobClient:
         self._live: dict[str, LiveJob] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()  # job_id -> monotonic finish time
         self._retain = (retain_results, retain_bytes, retain_s)
+        self.observers: list[Callable[[WorkerStats], None]] = []
+        """Called (on an executor thread) with each ``WorkerStats``, e.g. ``Metrics.observe_worker``."""
 
     @property
     def executor(self) -> Executor | None:
@@ -391,6 +394,13 @@ class JobClient:
         A ``Succeeded`` of a ``store_result`` job whose store write failed is replaced by a
         ``Failed`` (``server_error``) here, so subscribers see what the row says.
         """
+        if isinstance(event, WorkerStats):  # not a state change: only for the observers
+            for observer in self.observers:
+                try:
+                    observer(event)
+                except Exception:
+                    log.exception("worker stats observer failed")
+            return
         stored = False
         try:
             if isinstance(event, Started):

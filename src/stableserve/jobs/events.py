@@ -113,7 +113,21 @@ class Cancelled:
         return GenerationCancelled(f"job {self.job_id} was cancelled")
 
 
-JobEvent = Queued | Started | Progress | Succeeded | Failed | Cancelled
+@dataclass(frozen=True)
+class WorkerStats:
+    """What running a job cost the worker, sent just before its terminal event (not a state
+    change): ``loads`` the engines it had to load, as ``(engine_id, seconds)``; ``device``
+    (``cpu``, ``cuda:0`` ...) and, on a GPU, ``memory_allocated`` / ``memory_reserved``
+    bytes of torch's allocator afterwards (None elsewhere)."""
+
+    job_id: str
+    loads: tuple[tuple[str, float], ...] = ()
+    device: str = "cpu"
+    memory_allocated: int | None = None
+    memory_reserved: int | None = None
+
+
+JobEvent = Queued | Started | Progress | Succeeded | Failed | Cancelled | WorkerStats
 """Any job event."""
 
 TERMINAL_EVENTS = (Succeeded, Failed, Cancelled)

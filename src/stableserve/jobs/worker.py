@@ -24,6 +24,7 @@ from stableserve.jobs.events import (
     Progress,
     Started,
     Succeeded,
+    WorkerStats,
 )
 from stableserve.settings import Settings
 
@@ -128,3 +129,24 @@ def run_job(runner: Any, job_id: str, request_json: str, cancel: Any, events: Co
     except Exception:
         log.exception("job %s failed", job_id)
         return Failed(job_id, "server_error", SERVER_ERROR_MESSAGE)
+    finally:
+        events.send(worker_stats(runner, job_id))  # before the terminal event
+
+
+def worker_stats(runner: Any, job_id: str) -> WorkerStats:
+    """The ``WorkerStats`` of the job just run: the runner's engine loads since the last call
+    and, when CUDA is in use, torch's allocated / reserved device memory in bytes."""
+    import torch
+
+    cache = getattr(runner, "cache", None)
+    loads = tuple(cache.drain_loads()) if cache is not None and hasattr(cache, "drain_loads") else ()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        index = torch.cuda.current_device()
+        return WorkerStats(
+            job_id,
+            loads,
+            f"cuda:{index}",
+            torch.cuda.memory_allocated(index),
+            torch.cuda.memory_reserved(index),
+        )
+    return WorkerStats(job_id, loads)

@@ -8,6 +8,9 @@
 - ``stableserve_credits_charged_total{engine}``: credits captured for successful jobs.
 - ``stableserve_jobs{state}`` and ``stableserve_queue_depth``: read from the job table on
   each scrape (queued + running = the queue depth).
+- ``stableserve_model_load_seconds{engine}``: each time a worker loads an engine's pipeline.
+- ``stableserve_gpu_memory_bytes{device, kind}``: torch's ``allocated`` / ``reserved`` device
+  memory after the last job on that GPU (absent on CPU-only servers).
 
 Each ``build_app`` gets its own ``CollectorRegistry`` (tests build many apps).
 """
@@ -57,6 +60,19 @@ class Metrics:
             "stableserve_jobs", "Jobs in the job table by state", ["state"], registry=self.registry
         )
         self.queue_depth = Gauge("stableserve_queue_depth", "Jobs queued or running", registry=self.registry)
+        self.model_load_seconds = Histogram(
+            "stableserve_model_load_seconds",
+            "Time a worker took to load an engine's pipeline",
+            ["engine"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.gpu_memory = Gauge(
+            "stableserve_gpu_memory_bytes",
+            "GPU memory held by torch after the last job (kind: allocated, reserved)",
+            ["device", "kind"],
+            registry=self.registry,
+        )
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its latency."""
@@ -70,6 +86,16 @@ class Metrics:
         self.generation_seconds.labels(engine, task, outcome).observe(seconds)
         if outcome == "succeeded":
             self.credits.labels(engine).inc(credits)
+
+    def observe_worker(self, stats) -> None:
+        """Record a ``jobs.events.WorkerStats``: its engine load times, and GPU memory when the
+        worker reports it. Thread-safe (called on executor threads)."""
+        for engine, seconds in stats.loads:
+            self.model_load_seconds.labels(engine).observe(seconds)
+        if stats.memory_allocated is not None:
+            self.gpu_memory.labels(stats.device, "allocated").set(stats.memory_allocated)
+        if stats.memory_reserved is not None:
+            self.gpu_memory.labels(stats.device, "reserved").set(stats.memory_reserved)
 
     def render(self) -> bytes:
         """The exposition text, job gauges refreshed from the database first. Blocking."""
