@@ -15,6 +15,7 @@ from stableserve.api.grpc.generated import generation_pb2_grpc
 from stableserve.api.limits import MAX_BODY_BYTES
 from tests.api.conftest import png_bytes
 from tests.api.test_grpc import balance, channel, grpc_app, make_account_module, request  # noqa: F401
+from tests.api.v2 import NONE
 
 ENGINE = "stable-diffusion-v1-5"
 V1_I2I = f"/v1/generation/{ENGINE}/image-to-image"
@@ -173,8 +174,10 @@ def test_multipart_flood_is_400_on_every_http_protocol(v2, account):
         "/v2beta/stable-image/generate/core",
         headers={**account.headers, "accept": "image/*"},
         data={"prompt": "a house", **flood()},
+        files=NONE,
     )
     v2_error(r, 400, "bad_request")
+    assert "multipart" in r.json()["errors"][0]
     files = [("image", (f"i{i}.png", b"x", "image/png")) for i in range(50)]  # too many files
     openai_error(v2.post(OPENAI_EDITS, headers=account.headers, data={"prompt": "a house"}, files=files), 400)
     assert credits(v2, account) == 100
@@ -189,8 +192,10 @@ def test_prompt_floods_are_refused_on_every_protocol(v2, grpc_app, make_account)
         "/v2beta/stable-image/generate/core",
         headers={**account.headers, "accept": "image/*"},
         data={"prompt": "x" * 10_001},
+        files=NONE,
     )
     v2_error(r, 400, "bad_request")
+    assert r.json()["errors"][0].startswith("prompt:")
     openai_error(
         v2.post("/v1/images/generations", headers=account.headers, json={"prompt": "x" * 10_001}), 400
     )
