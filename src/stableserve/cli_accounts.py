@@ -1,4 +1,5 @@
-"""Account administration commands: ``orgs``, ``keys``, ``credits`` and ``db``.
+"""Account administration commands: ``orgs``, ``keys``, ``credits`` and ``db`` (``plans``:
+``cli_plans``).
 
 Every command first migrates the database to head (idempotent, fast), so each works on a
 fresh ``STABLESERVE_HOME``; each runs one short transaction, so they work beside a running
@@ -37,10 +38,14 @@ OrgOpt = Annotated[str, typer.Option("--org", help="Organization name or id.")]
 
 
 def register_accounts(app: typer.Typer) -> None:
-    """Add the ``orgs``, ``keys``, ``credits`` and ``db`` command groups to ``app``."""
+    """Add the ``orgs``, ``keys``, ``credits``, ``plans`` and ``db`` command groups to ``app``."""
+    from stableserve import cli_moderation  # noqa: F401 - adds `orgs moderation`
+    from stableserve.cli_plans import plans_app
+
     app.add_typer(orgs_app, name="orgs")
     app.add_typer(keys_app, name="keys")
     app.add_typer(credits_app, name="credits")
+    app.add_typer(plans_app, name="plans")
     app.add_typer(db_app, name="db")
 
 
@@ -161,32 +166,57 @@ def orgs_list() -> None:
     _table("organizations", ("id", "name", "owner", "balance", "created"), rows)
 
 
+@orgs_app.command("set-plan")
+def orgs_set_plan(
+    org: Annotated[str, typer.Argument(help="Organization name or id.")],
+    plan: Annotated[str, typer.Argument(help="Plan id (see `plans list`), or `none` for no plan.")],
+) -> None:
+    """Put an organization on a plan (its monthly credits and rate limit), or `none`."""
+    from stableserve.accounts import get_org
+    from stableserve.accounts.plans import set_org_plan
+
+    plan_id = None if plan.lower() == "none" else plan
+    row = _transaction(_settings(), lambda s: set_org_plan(s, get_org(s, org).id, plan_id))
+    out.print(f"organization {row.name} is on plan {row.plan_id or 'none'}", highlight=False)
+
+
 @keys_app.command("create")
-def keys_create(org: OrgOpt) -> None:
+def keys_create(
+    org: OrgOpt,
+    admin: Annotated[bool, typer.Option("--admin", help="An admin key: it may also call /admin/v1.")] = False,
+) -> None:
     """Create an API key for the organization's owner; prints only the key (shown once)."""
     from stableserve.accounts import create_key, get_org, server_secret
 
     settings = _settings()
     with _guard():
         secret = server_secret(settings)
-    row, raw = _transaction(settings, lambda s: create_key(s, get_org(s, org), secret))
-    err.print(f"created {row.id} for {org}; store the key now, it is not shown again", highlight=False)
+    row, raw = _transaction(settings, lambda s: create_key(s, get_org(s, org), secret, is_admin=admin))
+    kind = "admin key" if admin else "key"
+    err.print(f"created {kind} {row.id} for {org}; store the key now, it is not shown again", highlight=False)
     typer.echo(raw)
 
 
 @keys_app.command("list")
 def keys_list(org: OrgOpt) -> None:
-    """List the organization's keys: id, prefix, created, last used, revoked (no secrets)."""
+    """List the organization's keys: id, prefix, created, last used, revoked, admin (no secrets)."""
     from stableserve.accounts import get_org, list_keys
 
     def work(session: Session) -> list[tuple[str, ...]]:
         return [
-            (k.id, f"sk-{k.prefix}...", _when(k.created_at), _when(k.last_used_at), _when(k.revoked_at))
+            (
+                k.id,
+                f"sk-{k.prefix}...",
+                _when(k.created_at),
+                _when(k.last_used_at),
+                _when(k.revoked_at),
+                "yes" if k.is_admin else "no",
+            )
             for k in list_keys(session, get_org(session, org))
         ]
 
     rows = _transaction(_settings(), work)
-    _table(f"API keys of {org}", ("id", "prefix", "created", "last used", "revoked"), rows)
+    _table(f"API keys of {org}", ("id", "prefix", "created", "last used", "revoked", "admin"), rows)
 
 
 @keys_app.command("revoke")

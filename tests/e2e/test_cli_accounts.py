@@ -77,7 +77,9 @@ def test_errors_exit_2_without_traceback(home):
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr
     r = cli(home, "db", "upgrade")
-    assert r.returncode == 0 and "is at revision 0002" in r.stdout, r.stderr
+    from stableserve.db.migrate import head_revision
+
+    assert r.returncode == 0 and f"is at revision {head_revision()}" in r.stdout, r.stderr
 
 
 def test_commands_wait_for_a_concurrent_writer(home):
@@ -93,3 +95,45 @@ def test_commands_wait_for_a_concurrent_writer(home):
         timer.join()
         conn.close()
     assert r.returncode == 0 and "balance 5" in r.stdout, r.stderr
+
+
+def test_admin_keys_plans_and_monthly_grants(home):
+    from stableserve.accounts import authenticate, server_secret
+    from stableserve.db.session import dispose, session_factory
+    from stableserve.settings import Settings
+
+    assert cli(home, "orgs", "create", "studio", "--credits", "1").returncode == 0
+    made = cli(home, "keys", "create", "--org", "studio", "--admin")
+    assert made.returncode == 0 and "created admin key" in made.stderr, made.stderr
+    key = made.stdout.strip()
+    assert re.fullmatch(r"sk-[A-Za-z0-9_-]{48}", key), made.stdout
+    plain = cli(home, "keys", "create", "--org", "studio").stdout.strip()
+    listed = cli(home, "keys", "list", "--org", "studio")
+    assert re.search(rf"sk-{re.escape(key[3:10])}\.\.\..*yes", listed.stdout)
+    assert re.search(rf"sk-{re.escape(plain[3:10])}\.\.\..*no", listed.stdout)
+    settings = Settings(home=home, database_url=None, secret_key=None)
+    try:
+        with session_factory(settings).begin() as s:
+            assert authenticate(s, key, server_secret(settings)).is_admin is True
+            assert authenticate(s, plain, server_secret(settings)).is_admin is False
+    finally:
+        dispose(settings)
+
+    plans = cli(home, "plans", "list")
+    assert plans.returncode == 0, plans.stderr
+    for plan, credits in (("free", "25"), ("creator", "1,000"), ("pro", "5,000"), ("enterprise", "50,000")):
+        assert re.search(rf"{plan}\s.*\s{credits}\s", plans.stdout), plans.stdout
+
+    set_plan = cli(home, "orgs", "set-plan", "studio", "creator")
+    assert set_plan.returncode == 0 and "organization studio is on plan creator" in set_plan.stdout
+    first = cli(home, "plans", "apply-grants")
+    assert first.returncode == 0 and re.search(r"applied 1 monthly grant\(s\) for \d{4}-\d{2}", first.stdout)
+    assert "applied 0 monthly grant(s)" in cli(home, "plans", "apply-grants").stdout  # once a month
+    assert re.search(r"balance\s+1,001 credits", cli(home, "credits", "show", "--org", "studio").stdout)
+    assert re.search(r"creator\s.*\s1\s", cli(home, "plans", "list").stdout)  # one organization on it
+
+    bad = cli(home, "orgs", "set-plan", "studio", "nope")
+    assert bad.returncode == 2 and "error: plan nope not found" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    off = cli(home, "orgs", "set-plan", "studio", "none")
+    assert off.returncode == 0 and "organization studio is on plan none" in off.stdout

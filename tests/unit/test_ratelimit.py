@@ -53,6 +53,17 @@ def test_disabled_limits_count_nothing(tmp_path):
     assert all(limiter.hit("k") is None for _ in range(300))
 
 
+def test_a_plan_limit_replaces_the_default_for_its_subject(clock, tmp_path):
+    limiter = RateLimiter(Settings(home=tmp_path))
+    for remaining in (2, 1, 0):
+        assert limiter.hit("key-plan", (3, 5)).remaining == remaining
+    with pytest.raises(RateLimited) as exc:
+        limiter.hit("key-plan", (3, 5))
+    assert "3 requests within a 5 second period" in exc.value.message and exc.value.retry_after == 60
+    assert limiter.hit("key-default").limit == 150
+    assert limiter.hit("key-same", (150, 10)).remaining == 149  # the default's numbers: the default
+
+
 def _redis_url() -> str:
     import redis
 

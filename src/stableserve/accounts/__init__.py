@@ -1,10 +1,13 @@
 """Accounts: organizations, users, API keys and the credits ledger.
 
 - ``orgs``: ``create_org``, ``get_org``, ``list_orgs``, ``create_user``, ``get_user``,
-  ``add_member``, ``user_orgs``, ``ensure_dev_account``.
+  ``add_member``, ``list_users``, ``list_members``, ``remove_member``, ``user_orgs``,
+  ``ensure_dev_account``.
 - ``keys``: ``server_secret``, ``create_key``, ``list_keys``, ``revoke_key``,
   ``authenticate`` -> ``AuthContext``, ``resolve_org``.
 - ``ledger``: ``grant``, ``reserve``, ``capture``, ``release``, ``balance``, ``summary``.
+- ``plans``: plans, ``set_org_plan``, ``rate_limit_for``, ``apply_monthly_grants``,
+  ``GrantScheduler``; ``usage``: ``usage_report``, ``to_csv`` (import those modules directly).
 
 All take a SQLAlchemy ``Session`` from ``stableserve.db.session_factory(settings)`` and run in
 the caller's transaction (``with Session.begin() as session: ...``).

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from stableserve.db.base import utcnow
 from stableserve.db.models import ApiKey, Membership, Organization, User
-from stableserve.errors import NotFound, PermissionDenied, Unauthorized
+from stableserve.errors import InvalidRequest, NotFound, PermissionDenied, Unauthorized
 from stableserve.settings import Settings
 
 KEY_PREFIX = "sk-"
@@ -35,12 +35,14 @@ _SECRET_FILE = "secret.key"
 
 @dataclass(frozen=True)
 class AuthContext:
-    """Who is calling: the key, its user and the organization the key was created for."""
+    """Who is calling: the key, its user and the organization the key was created for.
+    ``is_admin``: the key may call the admin API."""
 
     key_id: str
     user_id: str
     user_email: str
     org_id: str
+    is_admin: bool = False
 
 
 def server_secret(settings: Settings) -> bytes:
@@ -96,19 +98,27 @@ def org_owner(session: Session, org: Organization) -> User:
     return user
 
 
-def create_key(session: Session, org: Organization, secret: bytes) -> tuple[ApiKey, str]:
-    """Create an API key for ``org``'s owner user; returns ``(row, key)``.
+def create_key(
+    session: Session, org: Organization, secret: bytes, *, user: User | None = None, is_admin: bool = False
+) -> tuple[ApiKey, str]:
+    """Create an API key for ``user`` (default: ``org``'s owner) in ``org``; returns ``(row, key)``.
 
     ``key`` (``sk-`` + 48 URL-safe chars) exists only in this return value: show it once.
-    ``secret`` is ``server_secret(settings)``. Raises ``NotFound`` when the org has no owner.
+    ``secret`` is ``server_secret(settings)``; ``is_admin`` makes an admin key (it may also
+    call ``/admin/v1``). Raises ``NotFound`` when the org has no owner, ``InvalidRequest``
+    when ``user`` is not a member of ``org``.
     """
-    user = org_owner(session, org)
+    if user is None:
+        user = org_owner(session, org)
+    elif session.get(Membership, (user.id, org.id)) is None:
+        raise InvalidRequest(f"user {user.id} is not a member of organization {org.id}", param="user_id")
     raw = KEY_PREFIX + secrets.token_urlsafe(36)
     row = ApiKey(
         user_id=user.id,
         org_id=org.id,
         prefix=raw[len(KEY_PREFIX) : len(KEY_PREFIX) + 7],
         secret_hash=hash_key(raw, secret),
+        is_admin=is_admin,
     )
     session.add(row)
     session.flush()
@@ -172,7 +182,13 @@ def authenticate(session: Session, raw: str | None, secret: bytes) -> AuthContex
     if match.last_used_at is None or now - match.last_used_at >= LAST_USED_RESOLUTION:
         match.last_used_at = now
         session.flush()
-    return AuthContext(key_id=match.id, user_id=match.user_id, user_email=user.email, org_id=match.org_id)
+    return AuthContext(
+        key_id=match.id,
+        user_id=match.user_id,
+        user_email=user.email,
+        org_id=match.org_id,
+        is_admin=bool(match.is_admin),
+    )
 
 
 def resolve_org(session: Session, auth: AuthContext, org_header: str | None) -> str:

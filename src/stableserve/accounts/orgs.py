@@ -148,6 +148,64 @@ def add_member(session: Session, org: Organization, user: User, role: str) -> Me
     return member
 
 
+def list_users(session: Session) -> list[User]:
+    """Every user, by email."""
+    return list(session.execute(select(User).order_by(User.email)).scalars())
+
+
+def list_members(session: Session, org: Organization) -> list[tuple[User, Membership]]:
+    """``org``'s members with their memberships, by email."""
+    rows = session.execute(
+        select(User, Membership)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.org_id == org.id)
+        .order_by(User.email)
+    ).all()
+    return [(user, member) for user, member in rows]
+
+
+def remove_member(session: Session, org: Organization, user: User) -> int:
+    """Remove ``user`` from ``org`` and revoke the user's keys of ``org`` (they would otherwise
+    keep acting for it). When it was the user's default organization, its other
+    one (first by name) becomes the default. Returns the number of keys revoked.
+
+    Raises ``NotFound`` when ``user`` is not a member, ``InvalidRequest(code="conflict")``
+    when it is ``org``'s last ``OWNER``.
+    """
+    member = session.get(Membership, (user.id, org.id))
+    if member is None:
+        raise NotFound(f"user {user.id} is not a member of organization {org.id}", param="user_id")
+    if member.role == "OWNER":
+        owners = session.execute(
+            select(Membership.user_id).where(Membership.org_id == org.id, Membership.role == "OWNER")
+        ).all()
+        if len(owners) <= 1:
+            raise InvalidRequest(
+                f"user {user.id} is the last owner of organization {org.id}", code="conflict", param="user_id"
+            )
+    revoked = 0
+    for key in session.execute(
+        select(ApiKey).where(ApiKey.org_id == org.id, ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+    ).scalars():
+        _keys.revoke_key(session, key.id)
+        revoked += 1
+    was_default = member.is_default
+    session.delete(member)
+    session.flush()
+    if was_default:
+        other = session.execute(
+            select(Membership)
+            .join(Organization, Organization.id == Membership.org_id)
+            .where(Membership.user_id == user.id)
+            .order_by(Organization.name)
+            .limit(1)
+        ).scalar_one_or_none()
+        if other is not None:
+            other.is_default = True
+            session.flush()
+    return revoked
+
+
 def user_orgs(session: Session, user_id: str) -> list[tuple[Organization, Membership]]:
     """The organizations ``user_id`` belongs to with its memberships, default first, then by
     name (``GET /v1/user/account``'s ``organizations``). Empty for an unknown user."""

@@ -67,10 +67,12 @@ def principal_for_key(state: AppState, raw: str, org_header: str | None = None) 
 
     Raises ``Unauthorized`` (unknown or revoked key; the message shows only the key's start),
     ``PermissionDenied`` (an organization the key's user is not in) and ``RateLimited`` (the
-    key's request limit, counted here). Every protocol authenticates through this.
+    key's request limit, counted here: its organization's plan's limit, else the server's).
+    Every protocol authenticates through this.
     """
     from stableserve.accounts import keys as keys_mod
     from stableserve.accounts import orgs as orgs_mod
+    from stableserve.accounts import plans as plans_mod
 
     with state.sessions() as session, session.begin():
         try:
@@ -80,8 +82,10 @@ def principal_for_key(state: AppState, raw: str, org_header: str | None = None) 
                 f"Incorrect API key provided: {mask_key(raw)}. Ask your stableserve operator for a key."
             ) from None
         org_id = orgs_mod.resolve_org(session, auth, org_header) if org_header else auth.org_id
-    rate = state.limiter.hit(auth.key_id) if state.limiter is not None else None  # RateLimited
-    return Principal(auth.key_id, auth.user_id, auth.user_email, org_id, rate=rate)
+        counting = state.limiter is not None and getattr(state.limiter, "enabled", True)
+        limit = plans_mod.rate_limit_for(session, auth.org_id) if counting else None
+    rate = state.limiter.hit(auth.key_id, limit) if state.limiter is not None else None  # RateLimited
+    return Principal(auth.key_id, auth.user_id, auth.user_email, org_id, rate=rate, is_admin=auth.is_admin)
 
 
 async def authenticate(request: Request, *, use_org_header: bool = True) -> Principal:

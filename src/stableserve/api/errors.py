@@ -57,7 +57,8 @@ def http_error(exc: Exception) -> HttpError:
     401, PermissionDenied 403, NotFound 404, InsufficientCredits 402 ``insufficient_credits``,
     EngineNotReady 503 ``engine_not_ready``, Overloaded 503 ``overloaded`` (Retry-After 5),
     RateLimited 429 ``rate_limit_exceeded`` (Retry-After), PayloadTooLarge 413
-    ``payload_too_large``, GenerationCancelled 499-like 400 ``cancelled``, IdempotencyConflict
+    ``payload_too_large``, ContentModerated 403 ``content_moderation`` (the v2 contract; see
+    ``v1_error`` for v1), GenerationCancelled 499-like 400 ``cancelled``, IdempotencyConflict
     409 ``idempotency_key_in_use``, IdempotencyMismatch 422 ``idempotency_key_mismatch``,
     anything else 500 ``server_error`` with a generic message (the details only go to the log).
     """
@@ -74,6 +75,8 @@ def _http_error(exc: Exception) -> HttpError:
         return HttpError(400, name, exc.message)
     if isinstance(exc, e.Unauthorized):
         return HttpError(401, "unauthorized", exc.message)
+    if isinstance(exc, e.ContentModerated):
+        return HttpError(403, "content_moderation", exc.message)
     if isinstance(exc, e.PermissionDenied):
         return HttpError(403, "permission_denied", exc.message)
     if isinstance(exc, e.NotFound):
@@ -95,3 +98,17 @@ def _http_error(exc: Exception) -> HttpError:
     if isinstance(exc, e.GenerationCancelled):
         return HttpError(400, "cancelled", exc.message)
     return HttpError(500, "server_error", SERVER_ERROR_MESSAGE)
+
+
+V1_FILTERED_MESSAGE = (
+    "One or more of the prompts contains filtered words; your request was denied and you were not charged."
+)
+
+
+def v1_error(err: HttpError) -> HttpError:
+    """``err`` as the REST v1 family answers it: a flagged prompt is 400 ``invalid_prompts``
+    ("One or more of the prompts contains filtered words", the v1 OpenAPI's 400 name), not
+    v2's 403 ``content_moderation``; everything else unchanged."""
+    if err.code == "content_moderation":
+        return HttpError(400, "invalid_prompts", V1_FILTERED_MESSAGE, err.headers, err.param, err.code)
+    return err

@@ -141,6 +141,9 @@ class GenerationRequest(BaseModel):
     - ``noise_level``: noise augmentation of the x4 latent upscaler, 0..350 (diffusers'
       ``noise_level``; ``None`` = the pipeline's default 20). More noise = more re-imagined detail.
     - ``output_format``: encoding of the artifacts (``OutputFormat``, default PNG).
+    - ``image_safety``: ``blur``: the worker runs its image safety checker and blurs flagged
+      images (``CONTENT_FILTERED``); ``off`` (default): no check. Set by the server from the
+      organization's ``ModerationPolicy`` (``core.moderation``), never by a client.
     - ``extras``: free-form, accepted and ignored unless a feature documents a key.
     """
 
@@ -173,6 +176,7 @@ class GenerationRequest(BaseModel):
     light_strength: float = Field(default=0.3, ge=0, le=1)
     noise_level: int | None = Field(default=None, ge=0, le=350)
     output_format: OutputFormat = OutputFormat.PNG
+    image_safety: Literal["off", "blur"] = "off"
     extras: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -1,5 +1,5 @@
 """The tables (SQLAlchemy 2 typed ORM). ``migrations/versions/`` creates them (0001_initial,
-0002_job_results).
+0002_job_results, 0003_plans_admin).
 
 Ids are strings with a readable prefix: ``org-`` + 24 hex, ``user-`` + 24 hex, ``key-`` + 16
 hex; job ids are 64 lowercase hex chars. Times are aware UTC datetimes; credit amounts are
@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -56,8 +57,35 @@ def new_job_id() -> str:
     return secrets.token_hex(32)
 
 
+class Plan(Base):
+    """A plan in the shape of Stability's published tiers (0003_plans_admin seeds ``free``,
+    ``creator``, ``pro``, ``enterprise``; operators edit them). ``id`` is a slug (``[a-z0-9-]``,
+    1..32 chars). ``monthly_credits`` are granted to each organization on the plan once per
+    calendar month (UTC); its API keys may make ``rate_limit_requests`` requests per
+    ``rate_limit_window_s`` seconds."""
+
+    __tablename__ = "plans"
+    __table_args__ = (
+        CheckConstraint("monthly_credits >= 0", name="monthly_credits"),
+        CheckConstraint("rate_limit_requests > 0", name="rate_limit_requests"),
+        CheckConstraint("rate_limit_window_s > 0", name="rate_limit_window_s"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    monthly_credits: Mapped[Decimal] = mapped_column(Credits)
+    rate_limit_requests: Mapped[int] = mapped_column(Integer)
+    rate_limit_window_s: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Plan(id={self.id!r}, monthly_credits={self.monthly_credits})"
+
+
 class Organization(Base):
-    """A tenant: owns API keys, a credits ledger and jobs. ``name`` is unique, 1..100 chars."""
+    """A tenant: owns API keys, a credits ledger and jobs. ``name`` is unique, 1..100 chars.
+    ``plan_id``: its ``Plan`` (None: no monthly grant, the server's default rate limit)."""
 
     __tablename__ = "organizations"
 
@@ -65,6 +93,7 @@ class Organization(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    plan_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("plans.id"))
 
     def __repr__(self) -> str:
         return f"Organization(id={self.id!r}, name={self.name!r})"
@@ -106,7 +135,8 @@ class Membership(Base):
 class ApiKey(Base):
     """An API key. Only ``secret_hash`` (hex HMAC-SHA256 of the full ``sk-...`` secret keyed
     with the server secret) is stored; ``prefix`` is the 7 chars after ``sk-``, for display
-    and lookup. ``org_id`` is the organization the key was created for (its default)."""
+    and lookup. ``org_id`` is the organization the key was created for (its default).
+    ``is_admin``: the key may also call the admin API (``/admin/v1``)."""
 
     __tablename__ = "api_keys"
 
@@ -118,6 +148,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     def __repr__(self) -> str:
         return f"ApiKey(id={self.id!r}, org_id={self.org_id!r}, prefix={self.prefix!r})"
@@ -149,6 +180,26 @@ class LedgerEntry(Base):
 
     def __repr__(self) -> str:
         return f"LedgerEntry(id={self.id}, kind={self.kind!r}, amount={self.amount}, job_id={self.job_id!r})"
+
+
+class PlanGrant(Base):
+    """A plan's monthly grant applied to an organization: at most one per (``org_id``,
+    ``period``), ``period`` the UTC month ``YYYY-MM``. ``ledger_entry_id`` is the grant's
+    ``LedgerEntry``; ``amount`` in credits."""
+
+    __tablename__ = "plan_grants"
+
+    org_id: Mapped[str] = mapped_column(String(32), ForeignKey("organizations.id"), primary_key=True)
+    period: Mapped[str] = mapped_column(String(7), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(String(32), ForeignKey("plans.id"))
+    amount: Mapped[Decimal] = mapped_column(Credits)
+    ledger_entry_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("ledger_entries.id")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"PlanGrant(org_id={self.org_id!r}, period={self.period!r}, amount={self.amount})"
 
 
 class Job(Base):
@@ -188,3 +239,64 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, state={self.state!r}, engine_id={self.engine_id!r})"
+
+
+#: States of an idempotency key: its first request is ``running``, or ``done`` (response stored).
+IDEMPOTENCY_STATES = ("running", "done")
+
+
+class IdempotencyKey(Base):
+    """A client's ``Idempotency-Key`` and the response it got (``api.idempotency``).
+
+    ``scope_hash``: hex HMAC-SHA256 of the caller (API key + ``Organization`` header; never the
+    key itself); ``fingerprint``: hex SHA-256 of the request (method, path, query, content
+    type, Accept, body). ``state`` ``running`` (``expires_at`` is then the end of the running
+    request's lease) or ``done`` (``status_code``, ``response_headers`` as a JSON list of
+    ``[name, value]`` pairs and ``response_body`` hold the stored response, replayed until
+    ``expires_at``; a NULL body means the response was too large to keep).
+    UNIQUE(scope_hash, idempotency_key) decides which of two simultaneous requests runs.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("scope_hash", "idempotency_key"),
+        CheckConstraint("state IN ('running', 'done')", name="state"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    scope_hash: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[str | None] = mapped_column(Text)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    def __repr__(self) -> str:
+        return f"IdempotencyKey(id={self.id}, state={self.state!r}, status_code={self.status_code})"
+
+
+class OrgModeration(Base):
+    """An organization's content moderation settings over the server-wide defaults
+    (``accounts.moderation``, ``core.moderation``).
+
+    ``mode``: ``block`` | ``filter`` | ``off``, or NULL for the server's default mode;
+    ``words`` / ``patterns``: JSON arrays of strings, added to the server's lists.
+    """
+
+    __tablename__ = "org_moderation"
+    __table_args__ = (CheckConstraint("mode IN ('block', 'filter', 'off')", name="mode"),)
+
+    org_id: Mapped[str] = mapped_column(String(32), ForeignKey("organizations.id"), primary_key=True)
+    mode: Mapped[str | None] = mapped_column(String(8))
+    words: Mapped[str] = mapped_column(Text, default="[]")
+    patterns: Mapped[str] = mapped_column(Text, default="[]")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"OrgModeration(org_id={self.org_id!r}, mode={self.mode!r})"

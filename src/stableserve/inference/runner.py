@@ -37,7 +37,7 @@ from PIL import Image
 from stableserve.core.engines import EngineRegistry, EngineSpec, Family
 from stableserve.core.images import decode_image
 from stableserve.core.presets import apply_style_preset
-from stableserve.core.types import SEED_MAX, Artifact, GenerationRequest, MaskSource, Task
+from stableserve.core.types import SEED_MAX, Artifact, FinishReason, GenerationRequest, MaskSource, Task
 from stableserve.core.validation import resolve
 from stableserve.errors import (
     EngineNotReady,
@@ -46,6 +46,7 @@ from stableserve.errors import (
     InvalidRequest,
     StableServeError,
 )
+from stableserve.inference import safety
 from stableserve.inference.controlnet import control_inputs, control_pipeline_class, resize_results
 from stableserve.inference.imaging import (
     composite,
@@ -162,6 +163,25 @@ class Runner:
         self.registry = registry
         self.settings = settings
         self.cache = cache or ModelCache(settings)
+        self._checkers: dict[str, Any] = {}  # engine id -> image safety checker (or None)
+
+    def _screen(
+        self, loaded: LoadedEngine, request: GenerationRequest, images: list[Image.Image]
+    ) -> tuple[list[Image.Image], list[bool]]:
+        """With ``request.image_safety == "blur"``: the images with the unsafe ones blurred, and
+        which were (``inference.safety``); else the images unchanged. A checker that fails (or
+        cannot be loaded) fails the job with ``GenerationFailed`` (nothing is charged)."""
+        if request.image_safety != "blur":
+            return images, [False] * len(images)
+        engine_id = loaded.engine.id
+        try:
+            if engine_id not in self._checkers:
+                self._checkers[engine_id] = safety.checker_for(loaded, self.settings)
+            with torch.inference_mode():
+                return safety.screen(images, self._checkers[engine_id])
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {exc}"
+            raise GenerationFailed(f"image safety check failed on {engine_id}: {why}") from exc
 
     def generate(
         self,
@@ -203,12 +223,14 @@ class Runner:
             raise
         except Exception as exc:  # pipeline failures become one clean domain error
             raise GenerationFailed(f"generation failed on {engine.id}: {type(exc).__name__}: {exc}") from exc
+        images, filtered = self._screen(loaded, request, images)
         seeds = sample_seeds(request.seed, request.samples)
         fmt = request.output_format
         return [
             Artifact(
                 index=i,
                 seed=seeds[i],
+                finish_reason=FinishReason.CONTENT_FILTERED if filtered[i] else FinishReason.SUCCESS,
                 mime=fmt.mime,
                 width=img.width,
                 height=img.height,

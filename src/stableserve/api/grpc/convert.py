@@ -193,3 +193,29 @@ def answer(request_id: str, engine_id: str, artifact: Artifact, received_ms: int
             )
         ],
     )
+
+
+def moderated_answer(request_id: str, engine_id: str, text: str) -> pb.Answer:
+    """The answer to a request whose prompt content moderation refused (nothing was charged):
+    one ``Artifact{type=ARTIFACT_TEXT, mime="text/plain", text, finish_reason=FILTER}``, on
+    which stability-sdk's ``api.Context`` raises ``ClassifierException(prompt=text)``.
+    ``text``: the refused prompt."""
+    now = now_ms()
+    return pb.Answer(
+        answer_id=str(uuid.uuid4()),
+        request_id=request_id,
+        received=now,
+        created=now,
+        meta=pb.AnswerMeta(engine_id=engine_id),
+        artifacts=[
+            pb.Artifact(
+                id=0,
+                type=pb.ARTIFACT_TEXT,
+                mime="text/plain",
+                text=text,
+                index=0,
+                finish_reason=pb.FILTER,
+                uuid=str(uuid.uuid4()),
+            )
+        ],
+    )

@@ -8,6 +8,8 @@ every call acts for the configured organization. Domain errors become status cod
 UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND (engine), INVALID_ARGUMENT (the REST
 validation messages), RESOURCE_EXHAUSTED (credits, admission control), UNAVAILABLE (weights
 not ready), CANCELLED, INTERNAL. A client that goes away cancels its job (credits released).
+A prompt refused by content moderation is not an error but one ``ARTIFACT_TEXT`` answer with
+``finish_reason=FILTER`` (stability-sdk's ``api.Context`` raises ``ClassifierException``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ ROLES = {"MEMBER": dpb.MEMBER, "ACCOUNTANT": dpb.ACCOUNTANT, "OWNER": dpb.OWNER}
 _STATUS = (
     (e.Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
     (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (e.ContentModerated, grpc.StatusCode.PERMISSION_DENIED),  # only outside Generate/ChainGenerate
     (e.NotFound, grpc.StatusCode.NOT_FOUND),
     (e.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (e.InsufficientCredits, grpc.StatusCode.RESOURCE_EXHAUSTED),

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from stableserve.api.deps import app_state, authenticate, read_form, read_json
-from stableserve.api.openai import convert, links
+from stableserve.api.openai import convert, links, schemas
 from stableserve.api.rest_v1.convert import parse_model
 from stableserve.core.engines import EngineSpec
 from stableserve.core.types import GenerationRequest
@@ -98,9 +98,14 @@ def _response_format(form) -> str:
 
 def build_images_router() -> APIRouter:
     """The OpenAI Images routes; mount with ``prefix="/v1"``."""
-    router = APIRouter(tags=["OpenAI Images"])
+    router = APIRouter(tags=["OpenAI Images"], responses=schemas.ERRORS)
 
-    @router.post("/images/generations", summary="Create image (OpenAI)")
+    @router.post(
+        "/images/generations",
+        summary="Create image (OpenAI)",
+        responses=schemas.IMAGES_200,
+        openapi_extra=schemas.json_body(),
+    )
     async def generations(request: Request) -> JSONResponse:
         """Text-to-image: OpenAI's body plus stableserve's extensions (see ``convert``)."""
         await authenticate(request)
@@ -109,7 +114,12 @@ def build_images_router() -> APIRouter:
         gen = convert.generation_request(body, engine)
         return await _run(request, gen, body.response_format)
 
-    @router.post("/images/edits", summary="Create image edit (OpenAI)")
+    @router.post(
+        "/images/edits",
+        summary="Create image edit (OpenAI)",
+        responses=schemas.IMAGES_200,
+        openapi_extra=schemas.multipart_body(prompt=True, mask=True),
+    )
     async def edits(request: Request) -> JSONResponse:
         """Edit `image` where `mask` (or the image itself) is transparent, from `prompt`."""
         await authenticate(request)
@@ -141,7 +151,12 @@ def build_images_router() -> APIRouter:
         )
         return await _run(request, gen, _response_format(form))
 
-    @router.post("/images/variations", summary="Create image variation (OpenAI)")
+    @router.post(
+        "/images/variations",
+        summary="Create image variation (OpenAI)",
+        responses=schemas.IMAGES_200,
+        openapi_extra=schemas.multipart_body(prompt=False, mask=False),
+    )
     async def variations(request: Request) -> JSONResponse:
         """Variations of `image` (image-to-image at strength 0.6)."""
         await authenticate(request)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from stableserve.api.deps import AppState, app_state, authenticate
+from stableserve.api.openai.schemas import ERRORS
 from stableserve.core.engines import EngineSpec, Family
 from stableserve.core.pricing import default_price
 from stableserve.errors import NotFound
@@ -166,7 +167,7 @@ def catalog(state: AppState, engines: list[EngineSpec]) -> list[Model]:
 
 def build_models_router() -> APIRouter:
     """``GET /models`` and ``GET /models/{model_id}``; mount with ``prefix="/v1"``."""
-    router = APIRouter(tags=["OpenAI"])
+    router = APIRouter(tags=["OpenAI"], responses=ERRORS)
 
     @router.get("/models", response_model=ModelList, summary="List models")
     async def list_models(request: Request) -> ModelList:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from stableserve.api.deps import app_state, authenticate, read_form, read_json
+from stableserve.api.openapi_doc import inline_schema
 from stableserve.api.rest_v1 import convert
 from stableserve.api.rest_v1.schemas import (
     AccountResponseBody,
@@ -34,33 +35,41 @@ log = logging.getLogger("stableserve.api")
 Flavor = Literal["v1", "v1beta", "v1alpha"]
 
 _ERRORS = {code: {"model": Error} for code in (400, 401, 402, 403, 404, 500, 503)}
-_IMAGE_200 = {
-    200: {
-        "description": "One artifact per sample: JSON by default, PNG bytes with `Accept: image/png`.",
-        "content": {
-            "application/json": {"schema": GenerationResponse.model_json_schema()},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-        },
-        "headers": {"Finish-Reason": {"schema": {"type": "string"}}, "Seed": {"schema": {"type": "integer"}}},
+def _image_200(flavor: Flavor) -> dict:
+    """The 200 of a generation route: ``{"artifacts": [...]}`` JSON (v1alpha: the bare array,
+    CONTRACT.md §2.7) or PNG bytes."""
+    json_schema = inline_schema(GenerationResponse)
+    if flavor == "v1alpha":
+        json_schema = json_schema["properties"]["artifacts"]
+    return {
+        200: {
+            "description": "One artifact per sample: JSON by default, PNG bytes with `Accept: image/png`.",
+            "content": {
+                "application/json": {"schema": json_schema},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+            },
+            "headers": {
+                "Finish-Reason": {"schema": {"type": "string"}},
+                "Seed": {"schema": {"type": "integer"}},
+            },
+        }
     }
-}
 
 
 def _multipart_doc(model, files: dict[str, bool]) -> dict[str, Any]:
-    schema = model.model_json_schema()
+    schema = inline_schema(model)
     props = dict(schema.get("properties", {}))
     for name in files:
         props[name] = {"type": "string", "format": "binary"}
     required = [f for f, req in files.items() if req] + list(schema.get("required", []))
     body = {"type": "object", "properties": props, "required": required}
-    if "$defs" in schema:
-        body["$defs"] = schema["$defs"]
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": body}}}}
 
 
 def build_router(flavor: Flavor) -> APIRouter:
     """The routes of one flavor; mount with ``prefix=f"/{flavor}"``."""
     router = APIRouter(tags=[f"REST {flavor}"], responses=_ERRORS)
+    image_200 = _image_200(flavor)
     alpha = flavor == "v1alpha"
 
     async def run(request: Request, gen: GenerationRequest) -> Response:
@@ -128,12 +137,12 @@ def build_router(flavor: Flavor) -> APIRouter:
 
     @router.post(
         "/generation/{engine_id}/text-to-image",
-        responses=_IMAGE_200,
+        responses=image_200,
         summary="Text-to-image",
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": TextToImageRequestBody.model_json_schema()}},
+                "content": {"application/json": {"schema": inline_schema(TextToImageRequestBody)}},
             }
         },
     )
@@ -145,7 +154,7 @@ def build_router(flavor: Flavor) -> APIRouter:
 
     @router.post(
         "/generation/{engine_id}/image-to-image",
-        responses=_IMAGE_200,
+        responses=image_200,
         summary="Image-to-image",
         openapi_extra=_multipart_doc(ImageToImageOptions, {"init_image": True}),
     )
@@ -159,7 +168,7 @@ def build_router(flavor: Flavor) -> APIRouter:
 
     @router.post(
         "/generation/{engine_id}/image-to-image/masking",
-        responses=_IMAGE_200,
+        responses=image_200,
         summary="Inpainting",
         openapi_extra=_multipart_doc(MaskingOptions, {"init_image": True, "mask_image": False}),
     )
@@ -176,7 +185,7 @@ def build_router(flavor: Flavor) -> APIRouter:
 
         @router.post(
             "/generation/{engine_id}/image-to-image/upscale",
-            responses=_IMAGE_200,
+            responses=image_200,
             summary="Upscale",
             openapi_extra=_multipart_doc(UpscaleOptions, {"image": True}),
         )

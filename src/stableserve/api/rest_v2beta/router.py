@@ -39,6 +39,7 @@ _ERRORS = {
         (400, "bad_request"),
         (401, "unauthorized"),
         (402, "payment_required"),
+        (403, "content_moderation"),
         (413, "payload_too_large"),
         (500, "internal_error"),
     )
