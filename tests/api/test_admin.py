@@ -191,6 +191,12 @@ def test_api_keys(client, admin, make_account):
     assert again["revoked_at"] == revoked.json()["revoked_at"]  # idempotent
     v1_error(client.delete(f"{A}/keys/key-0000000000000000", headers=admin.headers), 404, "not_found")
 
+    # a new secret is never kept for an Idempotency-Key replay: a retry makes another key
+    retry = {**admin.headers, "Idempotency-Key": "make-key-1"}
+    first, second = client.post(keys, headers=retry), client.post(keys, headers=retry)
+    assert first.status_code == second.status_code == 201
+    assert first.json()["key"] != second.json()["key"] and "idempotent-replayed" not in second.headers
+
 
 def test_an_admin_key_cannot_lock_itself_out(client, admin):
     own = client.get(f"{A}/organizations/{admin.org_id}/keys", headers=admin.headers).json()

@@ -1,5 +1,5 @@
 """The tables (SQLAlchemy 2 typed ORM). ``migrations/versions/`` creates them (0001_initial,
-0002_job_results, 0003_plans_admin).
+0002_job_results, 0003_plans_admin, 0004_idempotency).
 
 Ids are strings with a readable prefix: ``org-`` + 24 hex, ``user-`` + 24 hex, ``key-`` + 16
 hex; job ids are 64 lowercase hex chars. Times are aware UTC datetimes; credit amounts are

@@ -12,6 +12,7 @@ from stableserve.accounts import orgs as orgs_mod
 from stableserve.api.admin import schemas as s
 from stableserve.api.admin.common import KeyRef, OrgRef, UserRef, transaction
 from stableserve.api.deps import app_state
+from stableserve.api.idempotency.middleware import skip_storage
 from stableserve.db import models as m
 from stableserve.errors import InvalidRequest
 
@@ -175,7 +176,8 @@ def build_orgs_router() -> APIRouter:
     )
     def create_key(org_id: OrgRef, request: Request, body: s.ApiKeyCreate | None = None) -> s.ApiKeyCreated:
         """A new key (for the owner, or a member given by ``user_id``); the secret ``key`` is
-        in this response only."""
+        in this response only (never kept for an ``Idempotency-Key`` replay)."""
+        skip_storage(request)
         body = body or s.ApiKeyCreate()
         secret = app_state(request).secret
         with transaction(request) as session:

@@ -27,7 +27,8 @@ it, then handed to the app unchanged; afterwards ``receive`` is the server's own
 still notices a client that disconnects. While the first request runs, its claim is renewed
 every ``lease_s / 3`` seconds; a claim whose server died lapses ``lease_s`` later. Errors are
 rendered by ``render(scope, exc)`` in the protocol's body (this runs outside FastAPI's
-exception handlers). Other methods and requests without the header pass straight through.
+exception handlers). Other methods, requests without the header and requests without an
+``Authorization`` header (401 anyway) pass straight through.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class Idempotency:
             return
         headers = Headers(scope=scope)
         values = headers.getlist(HEADER)
-        if not values:
+        if not values or "authorization" not in headers:  # no caller: the app answers 401
             await self.app(scope, receive, send)
             return
         try:

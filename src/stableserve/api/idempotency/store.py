@@ -84,7 +84,20 @@ class IdempotencyStore:
             now = self.clock()
             try:
                 with self.sessions.begin() as session:
-                    row = IdempotencyKey(
+                    row = session.scalar(
+                        select(IdempotencyKey).where(
+                            IdempotencyKey.scope_hash == scope_hash, IdempotencyKey.idempotency_key == key
+                        )
+                    )
+                    if row is not None and row.expires_at > now:
+                        return _existing(row)
+                    if row is not None:  # expired: treated as absent
+                        session.execute(
+                            delete(IdempotencyKey).where(
+                                IdempotencyKey.id == row.id, IdempotencyKey.expires_at <= now
+                            )
+                        )
+                    claim = IdempotencyKey(
                         scope_hash=scope_hash,
                         idempotency_key=key,
                         fingerprint=fingerprint,
@@ -92,32 +105,13 @@ class IdempotencyStore:
                         created_at=now,
                         expires_at=now + self.lease,
                     )
-                    session.add(row)
-                    session.flush()
-                    row_id = row.id
-                self._maybe_purge(now)
-                return Claimed(row_id)
+                    session.add(claim)
+                    session.flush()  # IntegrityError: a simultaneous request claimed it first
+                    row_id = claim.id
             except IntegrityError:
-                pass  # taken: look at the holder
-            with self.sessions.begin() as session:
-                row = session.scalar(
-                    select(IdempotencyKey).where(
-                        IdempotencyKey.scope_hash == scope_hash, IdempotencyKey.idempotency_key == key
-                    )
-                )
-                if row is None:
-                    continue  # released meanwhile: try again
-                if row.expires_at <= now:  # expired: treated as absent
-                    session.execute(
-                        delete(IdempotencyKey).where(
-                            IdempotencyKey.id == row.id, IdempotencyKey.expires_at <= now
-                        )
-                    )
-                    continue
-                if row.state != "done":
-                    return Existing(state=row.state, fingerprint=row.fingerprint)
-                headers = [(name, value) for name, value in json.loads(row.response_headers or "[]")]
-                return Existing("done", row.fingerprint, row.status_code, headers, row.response_body)
+                continue  # look again: the winner's row is there now
+            self._maybe_purge(now)
+            return Claimed(row_id)
         raise IdempotencyConflict("Idempotency-Key: the key is being claimed by another request; retry later")
 
     def renew(self, row_id: int) -> bool:
@@ -170,3 +164,10 @@ class IdempotencyStore:
             self.purge(now)
         except Exception:  # noqa: BLE001 - housekeeping only; the next claim tries again
             log.warning("purging expired idempotency keys failed", exc_info=True)
+
+
+def _existing(row: IdempotencyKey) -> Existing:
+    if row.state != "done":
+        return Existing(state=row.state, fingerprint=row.fingerprint)
+    headers = [(name, value) for name, value in json.loads(row.response_headers or "[]")]
+    return Existing("done", row.fingerprint, row.status_code, headers, row.response_body)
