@@ -64,6 +64,9 @@ def serve(workers: int, executor: str, extra_env: dict[str, str] | None = None):
         "STABLESERVE_JOBS__WORKERS": str(workers),
         "STABLESERVE_RATE_LIMIT__ENABLED": "false",
         "STABLESERVE_LOGS__FORMAT": "text",
+        # Ray: one replica per "worker" (each replica holds its own model cache)
+        "STABLESERVE_RAY__MIN_REPLICAS": str(workers),
+        "STABLESERVE_RAY__MAX_REPLICAS": str(workers),
         **(extra_env or {}),
     }
     cli = [sys.executable, "-m", "stableserve"]
@@ -157,7 +160,7 @@ def batched(args) -> tuple[float, float] | None:
 
     times = []
     for batch in (8, 1):
-        env = {"STABLESERVE_RAY__BATCH_MAX_SIZE": str(batch)}
+        env = {"STABLESERVE_RAY__BATCH_MAX_SIZE": str(batch), "STABLESERVE_RAY__MAX_ONGOING_REQUESTS": "8"}
         with serve(1, "ray", env) as server:
             warm(server, args, 2)
             headers = {"Authorization": f"Bearer {server.key}", "Accept": "image/png"}

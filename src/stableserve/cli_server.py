@@ -30,7 +30,9 @@ def _settings(engines: str | None):
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # "stableserve[ray]" stays
     return typer.Exit(2)
 
 
@@ -40,6 +42,17 @@ def _with_grpc(settings: Settings, **options: object) -> Settings:
     if not given:
         return settings
     return settings.model_copy(update={"grpc": settings.grpc.model_copy(update=given)})
+
+
+def _with_executor(settings: Settings, executor: str | None, ray_address: str | None) -> Settings:
+    """``settings`` with ``--executor`` / ``--ray-address`` applied (clean errors for bad values)."""
+    if executor is not None and executor not in ("local", "ray"):
+        raise _fail(f"--executor must be local or ray, not {executor!r}")
+    jobs = settings.jobs.model_copy(update={"executor": executor}) if executor else settings.jobs
+    if ray_address is not None and jobs.executor != "ray":
+        raise _fail("--ray-address is only used with --executor ray")
+    ray = settings.ray.model_copy(update={"address": ray_address}) if ray_address else settings.ray
+    return settings.model_copy(update={"jobs": jobs, "ray": ray})
 
 
 def _check_tls_files(cert: Path | None, key: Path | None) -> None:
@@ -170,6 +183,20 @@ def serve(
     grpc_host: Annotated[
         str | None, typer.Option(help="Interface the gRPC ports bind (default 127.0.0.1).")
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="Where jobs run: local (worker processes on this machine, the default) or ray "
+            "(Ray Serve deployments; pip install 'stableserve\\[ray]')."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster for --executor ray: auto (the one `ray start --head` runs here) or "
+            "HOST:6379 (the head's GCS port); default: a private local Ray."
+        ),
+    ] = None,
 ) -> None:
     """Run the API server (REST v1 / v1beta / v1alpha / v2beta) with uvicorn, and the gRPC API
     when a gRPC port is given; migrates the database first."""
@@ -190,6 +217,7 @@ def serve(
         insecure_port=grpc_insecure_port,
         insecure_org=grpc_insecure_org,
     )
+    settings = _with_executor(settings, executor, ray_address)
     configure_logging(log_level, settings.logs.format)  # STABLESERVE_LOGS__FORMAT=json|text
     _check_grpc(settings.grpc, port)
     _check_ports_free(settings.grpc)
@@ -203,6 +231,12 @@ def serve(
         f"stableserve on http://{host}:{port} (engines: {settings.engines}, data: {settings.home})",
         highlight=False,
     )
+    if settings.jobs.executor == "ray":
+        err.print(
+            f"jobs run on Ray Serve ({settings.ray.address or 'a private local Ray'}; one "
+            f"application per model family, named {settings.ray.app_prefix}-<family>)",
+            highlight=False,
+        )
     grpc = settings.grpc
     if grpc.port is not None:
         err.print(

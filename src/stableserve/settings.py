@@ -36,10 +36,90 @@ class RunnerSettings(BaseModel):
 
 class JobSettings(BaseModel):
     """Job execution. ``workers``: LocalExecutor worker processes (1..64); ``max_queue``: queued
-    jobs accepted before new work is refused (admission control)."""
+    jobs accepted before new work is refused (admission control).
+
+    Leases (``jobs.dispatcher``, several server processes may share one database):
+    ``lease_s``: seconds a process holds a job without renewing it; a job whose lease ran out
+    is recovered by any process (its owner is taken for dead). ``heartbeat_s``: how often
+    leases are renewed and expired ones looked for (must be below ``lease_s``; a third of it
+    or less is wise). ``max_attempts``: executions an asynchronous job gets when its worker or
+    its process dies (2: one retry). ``drain_s``: how long a graceful shutdown waits for
+    running jobs before failing them (``server_shutdown``, credits released). ``poll_s``:
+    how often the dispatcher looks for jobs queued by other processes.
+
+    ``executor``: ``local`` (worker processes on this machine) or ``ray`` (Ray Serve
+    deployments, ``Settings.ray``; needs ``pip install 'stableserve[ray]'``).
+    """
 
     workers: int = Field(default=1, ge=1, le=64)
     max_queue: int = Field(default=256, ge=1)
+    lease_s: float = Field(default=30.0, gt=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=2, ge=1)
+    drain_s: float = Field(default=30.0, ge=0)
+    poll_s: float = Field(default=0.5, gt=0)
+    executor: Literal["local", "ray"] = "local"
+
+    @field_validator("heartbeat_s")
+    @classmethod
+    def _heartbeat_below_lease(cls, value: float, info) -> float:
+        lease = info.data.get("lease_s")
+        if lease is not None and value >= lease:
+            raise ValueError(f"heartbeat_s ({value}) must be below lease_s ({lease})")
+        return value
+
+
+class RayFamilySettings(BaseModel):
+    """Overrides of ``RaySettings`` for the deployment of one model family (``None`` = the
+    ``RaySettings`` value), e.g. ``STABLESERVE_RAY__FAMILIES='{"sdxl": {"max_replicas": 4}}'``."""
+
+    min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = Field(default=None, ge=1)
+    num_gpus: float | None = Field(default=None, ge=0)
+    num_cpus_per_replica: float | None = Field(default=None, ge=0)
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_models_per_replica: int | None = Field(default=None, ge=1)
+
+
+class RaySettings(BaseModel):
+    """The ``ray`` executor (``jobs.ray_executor``): one Ray Serve deployment per model family.
+
+    - ``address``: the Ray cluster to join (``auto`` = the one ``ray start --head`` runs on this
+      machine, or the head's ``HOST:6379``; this process joins as a Ray driver, not through Ray
+      Client); ``None`` starts a private local Ray with ``num_cpus`` CPUs (``None`` = all).
+      ``num_gpus``: GPUs per replica (fractions share a GPU);
+      ``num_cpus_per_replica``: CPUs per replica (CPU inference uses that many threads).
+    - Replicas per family: ``min_replicas`` .. ``max_replicas``; equal = a fixed count, else Ray
+      autoscales on ``target_ongoing_requests`` per replica (``min_replicas`` 0 scales to zero).
+    - ``max_ongoing_requests``: jobs one replica holds at once (running or waiting to form a
+      batch); the executor never sends a family more than its replicas can hold, so ordering
+      stays with our queue. ``batch_max_size`` / ``batch_wait_timeout_s``: ``@serve.batch``
+      micro-batching (a batch never exceeds ``max_ongoing_requests``).
+    - ``max_models_per_replica``: engines a replica keeps loaded (``@serve.multiplexed``;
+      least recently used unloaded).
+    - ``health_check_period_s``: how often Serve checks replicas (a dead one is replaced then).
+    - ``app_prefix``: Serve applications are named ``<app_prefix>-<family>``; an executor uses
+      a running one of that name as it is. ``keep_deployments``: leave the applications running
+      at shutdown (several API processes sharing one fleet); else the executor deletes the ones
+      it deployed.
+    - ``families``: per-family overrides (``RayFamilySettings``), keyed by family (``sdxl``, ...).
+    """
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    num_gpus: float = Field(default=0.0, ge=0)
+    num_cpus_per_replica: float = Field(default=1.0, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    max_ongoing_requests: int = Field(default=4, ge=1)
+    batch_max_size: int = Field(default=4, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0)
+    max_models_per_replica: int = Field(default=2, ge=1)
+    health_check_period_s: float = Field(default=5.0, gt=0)
+    app_prefix: str = Field(default="stableserve", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    keep_deployments: bool = False
+    families: dict[str, RayFamilySettings] = Field(default_factory=dict)
 
 
 class ResultSettings(BaseModel):
@@ -222,6 +302,7 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     model_cache: ModelCacheSettings = ModelCacheSettings()
     jobs: JobSettings = JobSettings()
+    ray: RaySettings = RaySettings()
     runner: RunnerSettings = RunnerSettings()
     results: ResultSettings = ResultSettings()
     grpc: GrpcSettings = GrpcSettings()

@@ -28,7 +28,7 @@ from stableserve.errors import GenerationCancelled, GenerationFailed, InvalidReq
 from stableserve.jobs.client import JobClient
 from stableserve.jobs.events import Cancelled, Failed, JobEvent, Queued, Started, Succeeded
 from stableserve.jobs.executor import EventCallback
-from stableserve.settings import ResultSettings, Settings
+from stableserve.settings import JobSettings, ResultSettings, Settings
 from stableserve.storage import FilesystemArtifactStore
 from tests.unit.test_ledger import migrated_database
 
@@ -39,11 +39,13 @@ REQUEST = GenerationRequest(
 
 
 class FakeExecutor:
-    """Runs nothing: tests emit events with ``emit`` (delivered from another thread)."""
+    """Runs nothing: tests emit events with ``emit`` (delivered from another thread). Takes
+    every job the dispatcher leases (unbounded capacity)."""
 
     def __init__(self, on_event: EventCallback):
         self.on_event = on_event
         self.running = False
+        self.submitted: list[str] = []
 
     def start(self) -> None:
         self.running = True
@@ -52,18 +54,24 @@ class FakeExecutor:
         self.running = False
 
     def submit(self, job_id: str, request: GenerationRequest) -> None:
+        self.submitted.append(job_id)
         self.on_event(Queued(job_id))
 
     def cancel(self, job_id: str) -> None:
         pass
 
     def capacity(self) -> int:
-        return 0
+        return 1000
 
     def health(self) -> dict:
         return {"kind": "fake", "ok": self.running, "running": 0, "queued": 0}
 
-    def emit(self, event: JobEvent) -> None:
+    def emit(self, event: JobEvent, attempt: int = 1) -> None:
+        """Deliver ``event`` once the dispatcher has handed ``attempt`` of its job to this
+        executor."""
+        deadline = time.monotonic() + 10
+        while self.submitted.count(event.job_id) < attempt and time.monotonic() < deadline:
+            time.sleep(0.005)
         thread = threading.Thread(target=self.on_event, args=(event,))
         thread.start()
         thread.join()
@@ -90,6 +98,7 @@ def make_client(settings: Settings):
 
     def make(store=None, **results) -> JobClient:
         s = settings.model_copy(update={"results": ResultSettings(**results)}) if results else settings
+        s = s.model_copy(update={"jobs": JobSettings(drain_s=0.5)})  # fake runs never end by themselves
         client = JobClient(s, session_factory(s), FakeExecutor, store=store)
         client.start_sync()
         clients.append(client)
@@ -195,7 +204,8 @@ def test_failed_and_cancelled_jobs_raise_their_errors_until_retention(settings, 
     org = _org(settings)
     invalid, crashed, cancelled = (_submit(client, org) for _ in range(3))
     executor.emit(Failed(invalid, "invalid_prompts", "prompts: bad", "text_prompts", "InvalidRequest"))
-    executor.emit(Failed(crashed, "worker_crashed", "The worker crashed."))
+    executor.emit(Failed(crashed, "worker_crashed", "The worker crashed."))  # queued again: one retry
+    executor.emit(Failed(crashed, "worker_crashed", "The worker crashed."), attempt=2)  # failed for good
     executor.emit(Cancelled(cancelled))
     with pytest.raises(InvalidRequest) as err:
         client.fetch(invalid, org_id=org)

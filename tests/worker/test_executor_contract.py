@@ -31,6 +31,7 @@ from stableserve.jobs.events import (
 from stableserve.jobs.executor import EventCallback, Executor
 from stableserve.jobs.local import LocalExecutor
 from stableserve.settings import Settings
+from tests.worker.ray_support import ray_settings, start_local_ray
 
 ENGINE = "stable-diffusion-xl-beta-v2-2-2"
 TIMEOUT_S = 240.0  # generous: the first job loads torch and builds the demo pipeline
@@ -40,7 +41,29 @@ def _local(settings: Settings, on_event: EventCallback) -> Executor:
     return LocalExecutor(settings, "demo", on_event, workers=1, stop_grace_s=5.0)
 
 
-EXECUTORS: dict[str, Callable[[Settings, EventCallback], Executor]] = {"local": _local}
+def _ray(settings: Settings, on_event: EventCallback) -> Executor:
+    """One replica holding one job at a time (as one local worker): the same capacity rules."""
+    from stableserve.jobs.ray_executor import RayExecutor
+
+    contract = ray_settings(settings, app_prefix="contract", max_ongoing_requests=1, batch_max_size=1)
+    return RayExecutor(contract, "demo", on_event, stop_grace_s=5.0)
+
+
+EXECUTORS: dict[str, Callable[[Settings, EventCallback], Executor]] = {"local": _local, "ray": _ray}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray for the module (only started when a ``ray`` test runs; skipped without Ray)."""
+    stop = start_local_ray()
+    yield
+    stop()
+
+
+def _needs(request, kind: str) -> None:
+    """Start what the ``kind`` executor needs (a local Ray for ``ray``)."""
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
 
 
 class Recorder:
@@ -109,6 +132,7 @@ def request_for(demo_registry: EngineRegistry) -> Callable[..., GenerationReques
 @pytest.fixture(scope="module", params=sorted(EXECUTORS))
 def harness(request, settings: Settings):
     """(executor, recorder) shared by the module, per implementation."""
+    _needs(request, request.param)
     recorder = Recorder()
     executor = EXECUTORS[request.param](settings, recorder)
     executor.start()
@@ -182,7 +206,10 @@ def test_cancel_unknown_is_harmless_and_health_shape(harness) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(EXECUTORS))
-def test_stop_fails_unfinished_jobs_and_refuses_new_ones(kind: str, settings: Settings, request_for) -> None:
+def test_stop_fails_unfinished_jobs_and_refuses_new_ones(
+    kind: str, settings: Settings, request_for, request
+) -> None:
+    _needs(request, kind)
     rec = Recorder()
     executor = EXECUTORS[kind](settings, rec)
     executor.start()

@@ -38,6 +38,7 @@ from stableserve.errors import (
     NotFound,
     Overloaded,
 )
+from stableserve.jobs import leases
 from stableserve.jobs.client import JobClient
 from stableserve.jobs.events import Cancelled, Failed, JobEvent, Progress, Queued, Started, Succeeded
 from stableserve.jobs.executor import EventCallback, Executor
@@ -241,6 +242,34 @@ def test_killed_worker_fails_job_releases_and_restarts(real, make_request) -> No
     assert health["ok"] and health["restarts"] >= 1
 
 
+def test_killed_worker_retries_an_async_job_once(real, make_request) -> None:
+    """A ``store_result`` job whose worker dies goes back to the queue and runs again (attempt
+    2); it is charged once."""
+    client, settings = real
+    org = new_org(settings)
+    long, cost = make_request(steps=60)
+
+    async def crash_once() -> list[Artifact]:
+        job_id = client.submit(long, org_id=org, key_id=None, price=cost, store_result=True)
+        async with contextlib.aclosing(client.events(job_id)) as events:
+            async for _ in _until(events, Progress):
+                pass
+        pid = client.executor.pid_of(job_id)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        artifacts = await client.result(job_id)  # from the second attempt
+        info = client.get(job_id)
+        assert (info.state, info.attempt, info.store_result) == ("succeeded", 2, True)
+        assert client.fetch(job_id, org_id=org) == artifacts
+        return artifacts
+
+    assert len(run(crash_once())) == 1
+    assert balance(settings, org) == Decimal(100) - cost
+    with session_factory(settings).begin() as session:
+        totals = ledger.summary(session, org)
+    assert (totals["captured"], totals["released"], totals["reserved"]) == (cost, 0, 0)
+
+
 def test_insufficient_credits_queues_nothing(real, make_request) -> None:
     client, settings = real
     org = new_org(settings, credits=0)
@@ -262,13 +291,15 @@ async def _until(events, kind: type):
 
 # -- JobClient logic with a scripted executor ------------------------------------------------
 class ScriptedExecutor:
-    """An ``Executor`` that runs nothing: tests emit events with ``emit`` (from another thread)."""
+    """An ``Executor`` that runs nothing: tests emit events with ``emit`` (from another thread).
+    Takes every job the dispatcher leases (unbounded capacity)."""
 
     def __init__(self, on_event: EventCallback):
         self.on_event = on_event
         self.submitted: list[str] = []
         self.cancelled: list[str] = []
         self.running = False
+        self.slots = 1000  # what capacity() answers
 
     def start(self) -> None:
         self.running = True
@@ -286,12 +317,24 @@ class ScriptedExecutor:
         self.cancelled.append(job_id)
 
     def capacity(self) -> int:
-        return 0
+        return self.slots
 
     def health(self) -> dict:
         return {"kind": "scripted", "ok": self.running, "running": 0, "queued": len(self.submitted)}
 
+    def wait_submitted(self, count: int = 1, job_id: str | None = None) -> None:
+        """Wait until ``count`` jobs (or attempts of ``job_id``) were handed to this executor."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done = self.submitted.count(job_id) if job_id is not None else len(self.submitted)
+            if done >= count:
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"the dispatcher did not submit {count} job(s): {self.submitted}")
+
     def emit(self, event: JobEvent) -> None:
+        """Deliver ``event`` (from another thread) once its job was handed to this executor."""
+        self.wait_submitted(1, event.job_id)
         thread = threading.Thread(target=self.on_event, args=(event,))
         thread.start()
         thread.join()
@@ -304,6 +347,7 @@ def scripted(stableserve_home: Path, tmp_path: Path):
     clients: list[JobClient] = []
 
     def make(**jobs) -> tuple[JobClient, ScriptedExecutor, Settings]:
+        jobs.setdefault("drain_s", 0.5)  # scripted runs never end by themselves
         settings = new_settings(stableserve_home, db, **jobs)
         client = JobClient(settings, session_factory(settings), ScriptedExecutor, retain_results=2)
         client.start_sync()
@@ -328,6 +372,8 @@ def test_admission_control_refuses_over_max_queue(scripted, make_request) -> Non
     client.submit(request, org_id=org, key_id=None, price=cost)
     with pytest.raises(Overloaded):
         client.submit(request, org_id=org, key_id=None, price=cost)
+    executor.wait_submitted(2)
+    time.sleep(0.05)
     assert len(executor.submitted) == 2
     assert balance(settings, org) == Decimal(100) - 2 * cost  # nothing reserved for the refused one
     executor.emit(Started(first))
@@ -335,16 +381,20 @@ def test_admission_control_refuses_over_max_queue(scripted, make_request) -> Non
     client.submit(request, org_id=org, key_id=None, price=cost)  # room again
 
 
+@pytest.mark.skipif("/" not in leases.HOST, reason="no pid namespace id here: recovery waits for the lease")
 def test_restart_recovery_fails_unfinished_jobs_and_releases(scripted, make_request) -> None:
     old, executor, settings = scripted()
     org = new_org(settings)
     request, cost = make_request()
-    queued = old.submit(request, org_id=org, key_id=None, price=cost)
     running = old.submit(request, org_id=org, key_id=None, price=cost)
     executor.emit(Started(running))
-    assert old.get(running).state == "running"
+    executor.slots = 0  # the next job stays queued
+    queued = old.submit(request, org_id=org, key_id=None, price=cost)
+    assert old.get(running).state == "running" and old.get(queued).state == "queued"
     assert balance(settings, org) == Decimal(100) - 2 * cost
-    new, _, _ = scripted()  # a new server process on the same database
+    old.abandon()  # the server process dies: nothing is settled
+    assert old.get(running).state == "running"
+    new, _, _ = scripted()  # a new server process on the same database and host: recovers at start
     for job_id in (queued, running):
         info = new.get(job_id)
         assert (info.state, info.error_code) == ("failed", "server_restarted")
@@ -394,6 +444,7 @@ def test_results_are_bounded_and_disconnect_cancels(scripted, make_request) -> N
     assert len(run(client.result(ids[2]), timeout=10)) == 1
 
     job_id = client.submit(request, org_id=org, key_id=None, price=cost)
+    executor.wait_submitted(1, job_id)  # running: the executor gets the cancel
 
     async def gone() -> bool:
         return True
@@ -439,6 +490,25 @@ def test_broken_worker_startup_fails_queued_jobs(stableserve_home: Path, tmp_pat
         assert "no-registry.yaml" in (executor.health()["last_error"] or "")
     finally:
         executor.stop()
+
+
+def test_a_broken_executor_fails_waiting_sync_jobs_fast(stableserve_home: Path, tmp_path: Path, make_request):
+    """Workers that cannot start: a synchronous job waiting here fails with ``server_error`` and
+    its credits are released, instead of waiting for a worker that never comes."""
+    settings = new_settings(stableserve_home, tmp_path / "jobs.db", workers=1)
+    factory = LocalExecutor.factory(settings, str(tmp_path / "no-registry.yaml"))
+    client = JobClient(settings, session_factory(settings), factory)
+    client.start_sync()
+    try:
+        org = new_org(settings, 10)
+        request, cost = make_request()
+        job_id = client.submit(request, org_id=org, key_id=None, price=cost)
+        with pytest.raises(GenerationFailed) as err:
+            run(client.result(job_id), timeout=60)
+        assert err.value.code == "server_error"
+        assert balance(settings, org) == 10
+    finally:
+        client.stop_sync()
 
 
 class _Conn:

@@ -176,7 +176,8 @@ class RequestContext:
 
 def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job_client=None) -> FastAPI:
     """The application. ``registry`` defaults to ``settings.engines``; ``job_client`` to a
-    ``JobClient`` over a ``LocalExecutor`` (started and stopped with the app's lifespan). The
+    ``JobClient`` over the executor of ``settings.jobs.executor`` (``LocalExecutor`` by
+    default, ``RayExecutor`` for ``ray``; started and stopped with the app's lifespan). The
     gRPC servers of ``settings.grpc`` (if any port is set) start and stop with it too, as does
     the thread applying plans' monthly grants (``settings.plans``)."""
     from stableserve.accounts.keys import server_secret
@@ -186,11 +187,9 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     sessions = session_factory(settings)
     if job_client is None:
         from stableserve.jobs.client import JobClient
-        from stableserve.jobs.local import LocalExecutor
+        from stableserve.jobs.factory import executor_factory
 
-        job_client = JobClient(
-            settings, sessions, lambda on_event: LocalExecutor(settings, settings.engines, on_event)
-        )
+        job_client = JobClient(settings, sessions, executor_factory(settings))
     metrics = Metrics(sessions)
     if hasattr(job_client, "observers"):  # engine load times and GPU memory from the workers
         job_client.observers.append(metrics.observe_worker)

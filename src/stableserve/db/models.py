@@ -206,10 +206,16 @@ class Job(Base):
     """A generation job (the jobs package owns its state machine; this is only the row).
 
     ``state``: one of ``JOB_STATES``; ``request_json``: the ``GenerationRequest`` as JSON;
-    ``price``: credits reserved for it; ``attempt``: executions started so far.
-    ``store_result``: the job's artifacts go to the ``ArtifactStore`` when it succeeds (an
-    asynchronous job, fetched later by id); ``expires_at``: when that stored result expires,
-    set only on a succeeded ``store_result`` job and cleared (NULL) once it is purged.
+    ``price``: credits reserved for it; ``attempt``: leases taken so far (each execution
+    takes one; it is also the fencing token: only the holder of the current attempt may
+    finish the job). ``store_result``: the job's artifacts go to the ``ArtifactStore`` when it
+    succeeds (an asynchronous job, fetched later by id); ``expires_at``: when that stored
+    result expires, set only on a succeeded ``store_result`` job and cleared (NULL) once it is
+    purged. Leases (0006_leases, ``jobs.leases``): ``origin`` is the server process that
+    accepted the job (``host:pid:random``); ``lease_owner`` the process holding it (running it,
+    or, for a queued synchronous job, its origin, where the caller waits; NULL for a queued
+    asynchronous job, free for any process); ``lease_expires_at`` when that hold ends unless
+    renewed; ``heartbeat_at`` its last renewal.
     """
 
     __tablename__ = "jobs"
@@ -217,6 +223,7 @@ class Job(Base):
         Index("ix_jobs_state_created_at", "state", "created_at"),
         Index("ix_jobs_org_id_created_at", "org_id", "created_at"),
         Index("ix_jobs_expires_at", "expires_at"),
+        Index("ix_jobs_state_lease_expires_at", "state", "lease_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_job_id)
@@ -236,6 +243,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     store_result: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    origin: Mapped[str | None] = mapped_column(String(128))
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, state={self.state!r}, engine_id={self.engine_id!r})"

@@ -223,6 +223,12 @@ class Runner:
             raise
         except Exception as exc:  # pipeline failures become one clean domain error
             raise GenerationFailed(f"generation failed on {engine.id}: {type(exc).__name__}: {exc}") from exc
+        return self.artifacts(loaded, request, images)
+
+    def artifacts(self, loaded: LoadedEngine, request: GenerationRequest, images: list) -> list[Artifact]:
+        """``images`` (PIL, one per sample, ``index`` order) of ``request`` through the safety
+        screen (blurred and ``CONTENT_FILTERED`` when flagged), encoded in its output format,
+        with their seeds."""
         images, filtered = self._screen(loaded, request, images)
         seeds = sample_seeds(request.seed, request.samples)
         fmt = request.output_format

@@ -4,9 +4,10 @@ An executor is built with an ``on_event(JobEvent)`` callback and calls it, from 
 its own, for every event of every job it was given (see ``stableserve.jobs.events`` for the
 order). It knows nothing of the database, credits or the API: the ``JobClient`` does that.
 
-Implementations: ``LocalExecutor`` (worker processes on this machine, ``jobs.local``); a
-``RayExecutor`` (Ray Serve deployments) later, behind the same protocol and the same
-contract tests (``tests/worker/test_executor_contract.py``).
+Implementations: ``LocalExecutor`` (worker processes on this machine, ``jobs.local``) and
+``RayExecutor`` (Ray Serve deployments, ``jobs.ray_executor``; ``jobs.factory`` picks one from
+``settings.jobs.executor``), behind the same protocol and the same contract tests
+(``tests/worker/test_executor_contract.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ class Executor(Protocol):
       ``Failed(code="server_shutdown")``; calling ``stop()`` twice is harmless.
     - ``submit(job_id, request)`` returns at once; ``request`` must already be resolved
       (``core.validation.resolve``). It emits ``Queued`` and later ``Started``, ``Progress``
-      and exactly one terminal event. A job id may be submitted only once.
+      and exactly one terminal event. A job id is never submitted while it is unfinished in
+      the executor; it may be submitted again after its terminal event (a retry: the
+      ``JobClient``'s dispatcher leases a job again when its worker crashed).
+    - ``capacity()`` is what the dispatcher asks before it leases a job for the executor:
+      keep it honest (0 while nothing could start soon), so queued jobs wait in the database,
+      where other processes can take them, not in the executor.
     - ``cancel(job_id)`` is best effort and returns at once: a queued job is never run and
       gets ``Cancelled``; a running one gets ``Cancelled`` at its next denoising step (or
       finishes first); an unknown or finished job is ignored.

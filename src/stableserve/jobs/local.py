@@ -8,14 +8,18 @@ Shape::
 
 - ``settings.jobs.workers`` processes from the ``spawn`` start method; each imports torch and
   diffusers itself and keeps its own model cache (the parent never imports them).
-- The parent keeps the queue. A job goes to a worker only when that worker is idle and has
-  reported ready, so the parent always knows which job each worker runs; a job cancelled
-  while queued is simply dropped (``Cancelled``) and never runs.
+- The parent keeps a queue (short: under a ``JobClient`` the dispatcher only leases jobs
+  while ``capacity()`` is positive; the job table is the real queue). A job goes to a worker
+  only when that worker is idle and has reported ready, so the parent always knows which job
+  each worker runs; a job cancelled while queued is simply dropped (``Cancelled``) and never
+  runs.
 - Cancelling a running job sets the worker's ``multiprocessing.Event``; the runner checks it
   between two denoising steps and the job ends ``Cancelled``.
 - A worker that dies (killed, segfault, out of memory) fails its job with
   ``Failed(code="worker_crashed")`` and is restarted (with a back-off when it keeps dying
-  young); the other workers keep serving.
+  young); the other workers keep serving. The ``JobClient`` then queues an asynchronous job
+  again for one more attempt (``jobs.max_attempts``) and fails a synchronous one. A job id
+  may be submitted again once its terminal event was sent.
 - Every ``on_event`` call happens on the supervisor thread, in order per job.
 """
 
@@ -109,6 +113,7 @@ class LocalExecutor:
         self._stop_deadline = 0.0
         self._restarts = 0
         self._last_error: str | None = None
+        self._failing = False  # a worker could not start and none has started since
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._thread: threading.Thread | None = None
 
@@ -191,7 +196,9 @@ class LocalExecutor:
 
     def health(self) -> dict[str, Any]:
         """``{"kind": "local", "ok", "state", "workers", "ready", "running", "queued", "restarts",
-        "last_error"}``; ``ok`` is true while running with at least one live worker."""
+        "last_error", "fatal"}``; ``ok`` is true while running with at least one live worker;
+        ``fatal`` while no worker is ready and the last one to start could not (a broken
+        install or registry): the dispatcher then fails the synchronous jobs waiting here."""
         with self._lock:
             live = [w for w in self._workers if w is not None and w.process.is_alive()]
             return {
@@ -204,6 +211,7 @@ class LocalExecutor:
                 "queued": len(self._pending),
                 "restarts": self._restarts,
                 "last_error": self._last_error,
+                "fatal": self._failing and not any(w.ready for w in live),
             }
 
     def pid_of(self, job_id: str) -> int | None:
@@ -213,6 +221,16 @@ class LocalExecutor:
                 if w is not None and w.job_id == job_id:
                     return w.process.pid
         return None
+
+    def worker_pids(self) -> list[tuple[int, int, bool, str | None]]:
+        """``(index, pid, ready, job_id or None)`` of each live worker process (diagnostics,
+        tests: e.g. to kill one)."""
+        with self._lock:
+            return [
+                (w.index, w.process.pid, w.ready, w.job_id)
+                for w in self._workers
+                if w is not None and not w.eof and w.process.pid is not None
+            ]
 
     # -- internals (the supervisor thread owns the workers' pipes) ---------------------------
     def _wake(self) -> None:
@@ -372,6 +390,7 @@ class LocalExecutor:
             with self._lock:
                 w.ready = True
                 self._young_deaths[w.index] = 0
+                self._failing = False
             return
         if isinstance(message, tuple) and message and message[0] == FATAL:
             self._fatal(w, message[1])
@@ -394,6 +413,7 @@ class LocalExecutor:
         log.error("worker %d could not start: %s", w.index, detail)
         with self._lock:
             self._last_error = detail
+            self._failing = True
             for job_id in self._pending:
                 self._outbox.append(Failed(job_id, "server_error", SERVER_ERROR_MESSAGE))
             self._pending.clear()

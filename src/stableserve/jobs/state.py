@@ -24,7 +24,8 @@ class JobInfo:
 
     - ``state``: ``queued`` | ``running`` | ``succeeded`` | ``failed`` | ``cancelled``.
     - ``price``: credits reserved (charged only when ``succeeded``).
-    - ``attempt``: executions started (0 while queued).
+    - ``attempt``: leases taken (executions begun: 0 until first leased; a job queued again
+      after a worker crash keeps its count).
     - ``artifacts``: metadata of the generated images once succeeded (dicts with ``index``,
       ``seed``, ``finish_reason``, ``width``, ``height``, ``mime``; no bytes).
     - ``progress``: ``(done, total)`` denoising steps of a running job seen by this process.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from multiprocessing.connection import Connection
@@ -81,6 +82,7 @@ def worker_main(
         from stableserve.inference.loading import quiet_libraries
 
         quiet_libraries()  # before the runner's imports: importing diffusers logs warnings
+        _share_cpu_threads(settings.jobs.workers)
         from stableserve.inference.runner import Runner
 
         runner = Runner(registry, settings)
@@ -101,6 +103,17 @@ def worker_main(
             events.send(run_job(runner, job_id, request_json, cancel, events))
         except (BrokenPipeError, OSError):
             return
+
+
+def _share_cpu_threads(workers: int) -> None:
+    """Give each of ``workers`` processes an equal share of the CPU cores for torch's intra-op
+    threads (at least 1), unless ``OMP_NUM_THREADS`` says otherwise: N workers that each use
+    every core thrash (measured: 2 workers on 2 cores ran 8 demo jobs in 63 s instead of 2.5 s)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, workers)))
 
 
 def run_job(runner: Any, job_id: str, request_json: str, cancel: Any, events: Connection) -> JobEvent:
