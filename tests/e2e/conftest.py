@@ -32,6 +32,15 @@ def cli(env: dict, *args: str) -> str:
     return r.stdout.strip()
 
 
+EXECUTORS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "local": ((), {}),
+    # A private local Ray; replicas take a quarter CPU each so every family fits on 2 cores.
+    "ray": (("--executor", "ray"), {"STABLESERVE_RAY__NUM_CPUS_PER_REPLICA": "0.25"}),
+}
+"""``stableserve serve`` arguments and environment per executor, for suites that run on both
+(skip ``ray`` with ``pytest.importorskip("ray")`` where the extra is missing)."""
+
+
 @dataclass
 class Server:
     """A running server: ``host`` (``http://127.0.0.1:PORT``), an org ``e2e`` with ``key``,

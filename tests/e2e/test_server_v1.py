@@ -14,13 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.e2e.conftest import running_server
-
-EXECUTORS = {
-    "local": ((), {}),
-    # A private local Ray; replicas take a quarter CPU each so every family fits on 2 cores.
-    "ray": (("--executor", "ray"), {"STABLESERVE_RAY__NUM_CPUS_PER_REPLICA": "0.25"}),
-}
+from tests.e2e.conftest import EXECUTORS, running_server
 
 
 @pytest.fixture(scope="module", params=list(EXECUTORS))
