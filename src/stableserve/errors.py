@@ -131,6 +131,12 @@ class IdempotencyConflict(StableServeError):
     code = "idempotency_key_in_use"
 
 
+class JobFinished(StableServeError):
+    """The job already finished, so it cannot be cancelled any more (HTTP 409 ``job_finished``)."""
+
+    code = "job_finished"
+
+
 class IdempotencyMismatch(StableServeError):
     """The ``Idempotency-Key`` was already used with a different request (another body, path,
     query or Accept) within its lifetime (HTTP 422 ``idempotency_key_mismatch``)."""

@@ -292,6 +292,8 @@ class Settings(BaseSettings):
       and kept in ``<home>/secret.key``.
     - ``redis_url``: e.g. ``redis://127.0.0.1:6379/0``; shared state (rate limits) of many
       server processes. ``None``: in-process memory.
+    - ``playground``: serve the web playground at ``/`` (``STABLESERVE_PLAYGROUND=false``: no
+      page; the API is unchanged).
     """
 
     model_config = SettingsConfigDict(env_prefix="STABLESERVE_", env_nested_delimiter="__", extra="ignore")
@@ -313,6 +315,7 @@ class Settings(BaseSettings):
     plans: PlanSettings = PlanSettings()
     moderation: ModerationSettings = ModerationSettings()
     redis_url: str | None = None
+    playground: bool = True
 
     @property
     def db_url(self) -> str:

@@ -38,7 +38,7 @@ EXECUTORS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "ray": (("--executor", "ray"), {"STABLESERVE_RAY__NUM_CPUS_PER_REPLICA": "0.25"}),
 }
 """``stableserve serve`` arguments and environment per executor, for suites that run on both
-(skip ``ray`` with ``pytest.importorskip("ray")`` where the extra is missing)."""
+(``running_server(..., executor=...)``)."""
 
 
 @dataclass
@@ -60,12 +60,19 @@ def running_server(
     engines: str = "demo",
     serve_args: Sequence[str] = (),
     extra_env: dict[str, str] | None = None,
+    executor: str = "local",
 ) -> Iterator[Server]:
     """Migrate ``home``, create org ``e2e`` with ``credits`` and a key, serve ``engines`` (the
     demo registry by default; demo pipelines shared through ``demo_dir``) until the block ends.
 
     ``serve_args`` are appended to ``stableserve serve`` (e.g. ``--grpc-port``); ``extra_env``
-    is added to the environment of the server and the CLI calls."""
+    is added to the environment of the server and the CLI calls. ``executor``: a key of
+    ``EXECUTORS`` (``ray`` skips the calling test where the ray extra is missing)."""
+    if executor == "ray":
+        pytest.importorskip("ray", reason="the ray extra is not installed")
+    executor_args, executor_env = EXECUTORS[executor]
+    serve_args = [*executor_args, *serve_args]
+    extra_env = {**executor_env, **(extra_env or {})}
     demo_dir.mkdir(exist_ok=True)
     (home / "demo").symlink_to(demo_dir, target_is_directory=True)
     env = {**os.environ, "STABLESERVE_HOME": str(home), **(extra_env or {})}

@@ -32,7 +32,7 @@ import requests
 from PIL import Image
 
 from stableserve.cli_certs import DevCerts, write_dev_certs
-from tests.e2e.conftest import Server, free_port, running_server
+from tests.e2e.conftest import EXECUTORS, Server, free_port, running_server
 from tests.e2e.sdk_venv import SDK_SPEC, SdkUnavailable, clean_env, ensure_sdk_venv, sdk_venv_dir
 
 SAMPLES = Path(__file__).parent / "sdk_samples"
@@ -144,10 +144,10 @@ def sdk_python() -> Path:
     return python
 
 
-@pytest.fixture(scope="module")
-def grpc_server(tmp_path_factory, stableserve_home, sdk_python) -> Iterator[GrpcServer]:
+@pytest.fixture(scope="module", params=list(EXECUTORS))
+def grpc_server(request, tmp_path_factory, stableserve_home, sdk_python) -> Iterator[GrpcServer]:
     """``stableserve serve`` with gRPC over TLS on a port ending in 443 (dev certificates) and
-    an insecure port acting for the test organization ``e2e``."""
+    an insecure port acting for the test organization ``e2e``, once with each executor."""
     home = tmp_path_factory.mktemp("grpc-home")
     certs = write_dev_certs(home / "certs")
     port = _port_ending_in_443()
@@ -161,7 +161,9 @@ def grpc_server(tmp_path_factory, stableserve_home, sdk_python) -> Iterator[Grpc
         "--grpc-insecure-port", str(insecure_port),
         "--grpc-insecure-org", "e2e",
     ]  # fmt: skip
-    with running_server(home, stableserve_home / "demo", credits=1000, serve_args=args) as srv:
+    with running_server(
+        home, stableserve_home / "demo", credits=1000, serve_args=args, executor=request.param
+    ) as srv:
         _wait_for_tls(port, certs.ca)
         yield GrpcServer(srv, port, insecure_port, certs, sdk_python)
 

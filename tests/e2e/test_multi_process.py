@@ -142,6 +142,31 @@ def test_two_processes_share_limits_retries_and_results(shared_env, tmp_path, st
         )
         assert retry.status_code == 200 and retry.json()["id"] == job_id
         assert retry.headers["idempotent-replayed"] == "true"
+        # a running async job submitted to A is cancelled through B, whichever process runs it
+        slow = {"text_prompts": [{"text": "a castle"}], "width": 512, "height": 512, "steps": 150}
+        r = requests.post(
+            f"{host_a}/v1/generation/stable-diffusion-xl-beta-v2-2-2/text-to-image",
+            headers={**auth, "Prefer": "respond-async"},
+            json=slow,
+            timeout=60,
+        )
+        assert r.status_code == 202, r.text
+        slow_id = r.json()["id"]
+        deadline = time.time() + 60
+        while (
+            s := requests.get(f"{host_b}/v1/generation/results/{slow_id}", headers=auth, timeout=30)
+        ).json().get("state") != "running":
+            assert s.status_code == 202 and time.time() < deadline, s.text
+            time.sleep(0.3)
+        r = requests.delete(f"{host_b}/v1/generation/results/{slow_id}", headers=auth, timeout=30)
+        assert r.status_code == 202, r.text
+        deadline = time.time() + 60
+        while (
+            s := requests.get(f"{host_a}/v1/generation/results/{slow_id}", headers=auth, timeout=30)
+        ).status_code == 202:
+            assert time.time() < deadline, "the cancelled job did not stop"
+            time.sleep(0.3)
+        assert s.status_code == 400 and s.json()["name"] == "cancelled", s.text
         balance = requests.get(f"{host_a}/v1/user/balance", headers=auth, timeout=30).json()["credits"]
         assert balance == pytest.approx(1000 - 60)
         # the rate limit counts both processes' requests (6 per second, in Redis): a fresh key

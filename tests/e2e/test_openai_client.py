@@ -19,11 +19,8 @@ openai = pytest.importorskip("openai")
 @pytest.fixture(scope="module", params=list(EXECUTORS))
 def server(request, tmp_path_factory, stableserve_home):
     """The server once with each executor (local worker processes, Ray Serve)."""
-    if request.param == "ray":
-        pytest.importorskip("ray", reason="the ray extra is not installed")
-    serve_args, extra_env = EXECUTORS[request.param]
     home = tmp_path_factory.mktemp("e2e-openai-home")
-    with running_server(home, stableserve_home / "demo", serve_args=serve_args, extra_env=extra_env) as srv:
+    with running_server(home, stableserve_home / "demo", executor=request.param) as srv:
         yield srv
 
 

@@ -21,11 +21,8 @@ from tests.e2e.conftest import EXECUTORS, running_server
 def server(request, tmp_path_factory, stableserve_home):
     """A running server on a fresh data dir, once with each executor (the same suite passes on
     local worker processes and on Ray Serve); yields (API_HOST, STABILITY_API_KEY, workdir)."""
-    if request.param == "ray":
-        pytest.importorskip("ray", reason="the ray extra is not installed")
-    serve_args, extra_env = EXECUTORS[request.param]
     home = tmp_path_factory.mktemp("e2e-home")
-    with running_server(home, stableserve_home / "demo", serve_args=serve_args, extra_env=extra_env) as srv:
+    with running_server(home, stableserve_home / "demo", executor=request.param) as srv:
         work = home / "client"
         (work / "out").mkdir(parents=True)
         Image.new("RGB", (512, 512), (20, 40, 160)).save(work / "init_image.png")

@@ -19,21 +19,27 @@ import requests
 import yaml
 from PIL import Image
 
-from tests.e2e.conftest import cli, running_server
+from tests.e2e.conftest import EXECUTORS, cli, running_server
 
 SAMPLES = Path(__file__).parent / "v2beta_samples"
 
 
+@pytest.fixture(scope="module", params=list(EXECUTORS))
+def executor(request) -> str:
+    """The suite runs once with each executor (local worker processes, Ray Serve)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, stableserve_home):
+def server(tmp_path_factory, stableserve_home, executor):
     """The server ``make run`` starts: the demo registry as shipped."""
     home = tmp_path_factory.mktemp("e2e-v2-home")
-    with running_server(home, stableserve_home / "demo") as srv:
+    with running_server(home, stableserve_home / "demo", executor=executor) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def quick_server(tmp_path_factory, stableserve_home):
+def quick_server(tmp_path_factory, stableserve_home, executor):
     """The demo registry with the conservative upscale aiming at 0.25 MP instead of 4 MP (a 4 MP
     x4-upscaler pass takes minutes on a CPU), written to a registry file and served from it."""
     from stableserve.core.engines import load_registry
@@ -43,7 +49,8 @@ def quick_server(tmp_path_factory, stableserve_home):
     body = reg.model_dump(mode="json", exclude={"origin"})
     body["products"]["upscale-conservative"]["output_pixels"] = 512 * 512
     (home / "engines.yaml").write_text(yaml.safe_dump(body))
-    with running_server(home, stableserve_home / "demo", engines=str(home / "engines.yaml")) as srv:
+    engines = str(home / "engines.yaml")
+    with running_server(home, stableserve_home / "demo", engines=engines, executor=executor) as srv:
         yield srv
 
 

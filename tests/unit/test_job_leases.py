@@ -26,7 +26,7 @@ from stableserve.db.base import utcnow
 from stableserve.db.models import Job, LedgerEntry
 from stableserve.db.session import dispose, session_factory
 from stableserve.errors import GenerationFailed
-from stableserve.jobs import leases
+from stableserve.jobs import leases, recovery
 from stableserve.jobs.client import JobClient
 from stableserve.jobs.events import Failed, JobEvent, Started, Succeeded, is_terminal
 from stableserve.jobs.executor import EventCallback, Executor
@@ -41,7 +41,8 @@ ARTIFACTS = [Artifact(index=0, seed=1, width=64, height=64, data=b"\x89PNG fake"
 
 
 SAME_HOST = pytest.mark.skipif(
-    "/" not in leases.HOST, reason="no pid namespace id here: a dead holder is known only by its lease expiry"
+    "/" not in recovery.HOST,
+    reason="no pid namespace id here: a dead holder is known only by its lease expiry",
 )
 
 
@@ -437,4 +438,4 @@ def test_lease_columns_are_set_at_submit(settings, make_client) -> None:
     assert sync_row.lease_owner == client.owner and sync_row.lease_expires_at > utcnow()
     assert async_row.lease_owner is None and async_row.lease_expires_at is None
     host, pid, token = client.owner.rsplit(":", 2)
-    assert host == leases.HOST and int(pid) > 0 and len(token) == 8
+    assert host == recovery.HOST and int(pid) > 0 and len(token) == 8

@@ -38,7 +38,7 @@ from stableserve.errors import (
     NotFound,
     Overloaded,
 )
-from stableserve.jobs import leases
+from stableserve.jobs import recovery
 from stableserve.jobs.client import JobClient
 from stableserve.jobs.events import Cancelled, Failed, JobEvent, Progress, Queued, Started, Succeeded
 from stableserve.jobs.executor import EventCallback, Executor
@@ -381,7 +381,7 @@ def test_admission_control_refuses_over_max_queue(scripted, make_request) -> Non
     client.submit(request, org_id=org, key_id=None, price=cost)  # room again
 
 
-@pytest.mark.skipif("/" not in leases.HOST, reason="no pid namespace id here: recovery waits for the lease")
+@pytest.mark.skipif("/" not in recovery.HOST, reason="no pid namespace id here: recovery waits for the lease")
 def test_restart_recovery_fails_unfinished_jobs_and_releases(scripted, make_request) -> None:
     old, executor, settings = scripted()
     org = new_org(settings)

@@ -42,7 +42,9 @@ PLAN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 MAX_MONTHLY_CREDITS = Decimal(1_000_000_000)
 MAX_REQUESTS = 1_000_000
 MAX_WINDOW_S = 86_400
-_FIELDS = ("name", "description", "monthly_credits", "rate_limit_requests", "rate_limit_window_s")
+MAX_WEIGHT = 100
+_FIELDS = ("name", "description", "monthly_credits", "rate_limit_requests", "rate_limit_window_s", "weight")
+_LIMITS = {"rate_limit_requests": MAX_REQUESTS, "rate_limit_window_s": MAX_WINDOW_S, "weight": MAX_WEIGHT}
 
 
 def list_plans(session: Session) -> list[Plan]:
@@ -74,7 +76,7 @@ def _check(field: str, value: object) -> object:
                 f"monthly_credits: must be 0 to {MAX_MONTHLY_CREDITS}", param="monthly_credits"
             )
         return amount
-    top = MAX_REQUESTS if field == "rate_limit_requests" else MAX_WINDOW_S
+    top = _LIMITS[field]
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
         raise InvalidRequest(f"{field}: must be an integer from 1 to {top}", param=field)
     return value
@@ -89,12 +91,14 @@ def create_plan(
     rate_limit_requests: int,
     rate_limit_window_s: int,
     description: str = "",
+    weight: int = 1,
 ) -> Plan:
     """Create plan ``plan_id`` (a slug: lowercase letters, digits and ``-``, 1..32 chars).
 
     ``monthly_credits`` 0..1e9; ``rate_limit_requests`` 1..1e6 per ``rate_limit_window_s``
-    1..86400 seconds. Raises ``InvalidRequest`` for a bad value or (``code="conflict"``) an
-    existing id.
+    1..86400 seconds; ``weight`` 1..100, the plan's share when the dispatcher takes turns
+    across organizations with queued jobs (``jobs.leases.FairShare``). Raises
+    ``InvalidRequest`` for a bad value or (``code="conflict"``) an existing id.
     """
     if not isinstance(plan_id, str) or not PLAN_ID.match(plan_id):
         raise InvalidRequest("id: must be 1 to 32 lowercase letters, digits or '-'", param="id")
@@ -106,6 +110,7 @@ def create_plan(
         "monthly_credits": monthly_credits,
         "rate_limit_requests": rate_limit_requests,
         "rate_limit_window_s": rate_limit_window_s,
+        "weight": weight,
     }
     plan = Plan(id=plan_id, **{k: _check(k, v) for k, v in values.items()})
     session.add(plan)
@@ -115,7 +120,7 @@ def create_plan(
 
 def update_plan(session: Session, plan_id: str, **changes: object) -> Plan:
     """Change plan ``plan_id``'s ``name``, ``description``, ``monthly_credits``,
-    ``rate_limit_requests`` or ``rate_limit_window_s`` (others are refused; ``None`` values
+    ``rate_limit_requests``, ``rate_limit_window_s`` or ``weight`` (others are refused; ``None`` values
     are ignored). New limits apply to the next request; a new ``monthly_credits`` to the next
     month's grants. Raises ``NotFound``, ``InvalidRequest``."""
     plan = get_plan(session, plan_id)

@@ -251,4 +251,8 @@ def build_app(settings: Settings, *, registry: EngineRegistry | None = None, job
     app.include_router(build_models_router(), prefix="/v1")
     app.include_router(build_health_router())
     app.include_router(build_admin_router(), prefix=ADMIN_PREFIX)
+    if settings.playground:  # the web UI at / (assets under /playground/)
+        from stableserve.web import add_playground
+
+        add_playground(app)
     return app

@@ -59,8 +59,9 @@ def http_error(exc: Exception) -> HttpError:
     RateLimited 429 ``rate_limit_exceeded`` (Retry-After), PayloadTooLarge 413
     ``payload_too_large``, ContentModerated 403 ``content_moderation`` (the v2 contract; see
     ``v1_error`` for v1), GenerationCancelled 499-like 400 ``cancelled``, IdempotencyConflict
-    409 ``idempotency_key_in_use``, IdempotencyMismatch 422 ``idempotency_key_mismatch``,
-    anything else 500 ``server_error`` with a generic message (the details only go to the log).
+    409 ``idempotency_key_in_use``, JobFinished 409 ``job_finished``, IdempotencyMismatch 422
+    ``idempotency_key_mismatch``, anything else 500 ``server_error`` with a generic message
+    (the details only go to the log).
     """
     exc = e.as_domain_error(exc)  # a bound of a core type (pydantic) is a 400
     err = _http_error(exc)
@@ -93,6 +94,8 @@ def _http_error(exc: Exception) -> HttpError:
         return HttpError(413, "payload_too_large", exc.message)
     if isinstance(exc, e.IdempotencyConflict):
         return HttpError(409, "idempotency_key_in_use", exc.message)
+    if isinstance(exc, e.JobFinished):
+        return HttpError(409, "job_finished", exc.message)
     if isinstance(exc, e.IdempotencyMismatch):
         return HttpError(422, "idempotency_key_mismatch", exc.message)
     if isinstance(exc, e.GenerationCancelled):

@@ -26,6 +26,7 @@ from stableserve.core.types import Artifact, GenerationRequest
 from stableserve.core.validation import resolve
 from stableserve.errors import EngineNotReady, GenerationCancelled
 from stableserve.inference.loading import readiness
+from stableserve.jobs.state import JobInfo
 from stableserve.settings import Settings
 
 
@@ -163,6 +164,13 @@ class GenerationService:
         Credits are reserved now and captured only when the job succeeds. Raises what
         ``prepare`` and ``JobClient.submit`` raise.
         """
+        job_id, _ = await self.submit_priced(principal, request, per_image=per_image)
+        return job_id
+
+    async def submit_priced(
+        self, principal: Principal, request: GenerationRequest, *, per_image: float | None = None
+    ) -> tuple[str, Decimal]:
+        """``submit`` that also returns the credits reserved for the job."""
         resolved, credits = await run_in_threadpool(self.admit, principal, request, per_image)
         job_id = await run_in_threadpool(
             functools.partial(
@@ -175,7 +183,26 @@ class GenerationService:
             )
         )
         self._log_job(job_id, resolved, credits)
-        return job_id
+        return job_id, credits
+
+    async def status(self, principal: Principal, job_id: str) -> JobInfo:
+        """The state and progress of a job of ``principal``'s organization (any process runs
+        it). Raises ``NotFound`` (unknown, or another organization's)."""
+        return await run_in_threadpool(functools.partial(self.jobs.get, job_id, org_id=principal.org_id))
+
+    async def cancel(self, principal: Principal, job_id: str) -> str:
+        """Cancel a job of ``principal``'s organization whichever process runs it
+        (``JobClient.request_cancel``): ``"cancelled"`` (was queued) or ``"requested"``
+        (running; it stops shortly). Raises ``NotFound``, ``JobFinished``."""
+        return await run_in_threadpool(
+            functools.partial(self.jobs.request_cancel, job_id, org_id=principal.org_id)
+        )
+
+    async def quote(self, request: GenerationRequest, *, per_image: float | None = None) -> Decimal:
+        """The credits ``request`` would reserve (``prepare``; no moderation, nothing charged).
+        Raises what ``prepare`` raises."""
+        _, credits = await run_in_threadpool(self.prepare, request, per_image)
+        return credits
 
     def _log_job(self, job_id: str, request: GenerationRequest, credits: Decimal) -> None:
         """One log line per accepted job: engine, task, size, samples, steps and credits; the

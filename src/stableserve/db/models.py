@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -62,13 +63,15 @@ class Plan(Base):
     ``creator``, ``pro``, ``enterprise``; operators edit them). ``id`` is a slug (``[a-z0-9-]``,
     1..32 chars). ``monthly_credits`` are granted to each organization on the plan once per
     calendar month (UTC); its API keys may make ``rate_limit_requests`` requests per
-    ``rate_limit_window_s`` seconds."""
+    ``rate_limit_window_s`` seconds. ``weight`` (1..100, 0007): the plan's share in the
+    dispatcher's fair order across organizations (``jobs.leases.fair_order``)."""
 
     __tablename__ = "plans"
     __table_args__ = (
         CheckConstraint("monthly_credits >= 0", name="monthly_credits"),
         CheckConstraint("rate_limit_requests > 0", name="rate_limit_requests"),
         CheckConstraint("rate_limit_window_s > 0", name="rate_limit_window_s"),
+        CheckConstraint("weight >= 1 AND weight <= 100", name="weight"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -77,6 +80,7 @@ class Plan(Base):
     monthly_credits: Mapped[Decimal] = mapped_column(Credits)
     rate_limit_requests: Mapped[int] = mapped_column(Integer)
     rate_limit_window_s: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def __repr__(self) -> str:
@@ -215,7 +219,9 @@ class Job(Base):
     accepted the job (``host:pid:random``); ``lease_owner`` the process holding it (running it,
     or, for a queued synchronous job, its origin, where the caller waits; NULL for a queued
     asynchronous job, free for any process); ``lease_expires_at`` when that hold ends unless
-    renewed; ``heartbeat_at`` its last renewal.
+    renewed; ``heartbeat_at`` its last renewal. ``cancel_requested`` (0007): a cancel asked
+    for through any process, acted on by the holder at its next lease renewal; ``progress``
+    (0..1): the running attempt's progress, written by its holder about once a second.
     """
 
     __tablename__ = "jobs"
@@ -247,6 +253,8 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    progress: Mapped[float | None] = mapped_column(Float)
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, state={self.state!r}, engine_id={self.engine_id!r})"

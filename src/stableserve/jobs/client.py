@@ -10,11 +10,15 @@ the queue, shared by every server process on the database:
   A synchronous job (the caller waits here for in-memory artifacts) is leased only by this
   process; an asynchronous (``store_result``) one by any process.
 - Executor events arrive on an executor thread (``_on_event``), each for the attempt this
-  process holds: ``Started`` sets ``started_at``; a terminal event updates the row fenced by
-  the attempt (``UPDATE ... WHERE attempt = :attempt AND state = 'running'``) and captures
-  (success) or releases (failure, cancel) the credits in the same transaction, and only then
-  is delivered to asyncio consumers (``loop.call_soon_threadsafe``), so a caller that saw
-  ``Succeeded`` sees a settled ledger. Events of an attempt whose lease was lost are dropped.
+  process holds, and are written by ``jobs.settle.Settlement``: ``Started`` sets
+  ``started_at``; ``Progress`` the stored progress (about once a second); a terminal event
+  updates the row fenced by the attempt (``UPDATE ... WHERE attempt = :attempt AND state =
+  'running'``) and captures (success) or releases (failure, cancel) the credits in the same
+  transaction, and only then is delivered to asyncio consumers (``loop.call_soon_threadsafe``),
+  so a caller that saw ``Succeeded`` sees a settled ledger. Events of an attempt whose lease
+  was lost are dropped.
+- ``cancel`` stops a job of this process (a synchronous caller went away);
+  ``request_cancel`` cancels any job whichever process runs it (``leases.request_cancel``).
 - A ``store_result`` job whose worker died (``Failed(worker_crashed)``) goes back to the
   queue while ``attempt < settings.jobs.max_attempts`` (one retry by default), by any process;
   a synchronous one fails (credits released).
@@ -57,10 +61,9 @@ from stableserve.core.types import Artifact, GenerationRequest
 from stableserve.db.base import to_credits, utcnow
 from stableserve.db.models import Job, new_job_id
 from stableserve.errors import NotFound, Overloaded
-from stableserve.jobs import leases
-from stableserve.jobs.dispatcher import Dispatcher, Held
+from stableserve.jobs import leases, recovery
+from stableserve.jobs.dispatcher import Dispatcher
 from stableserve.jobs.events import (
-    SERVER_ERROR_MESSAGE,
     Cancelled,
     Failed,
     JobEvent,
@@ -72,9 +75,10 @@ from stableserve.jobs.events import (
     is_terminal,
 )
 from stableserve.jobs.executor import Executor, ExecutorFactory
-from stableserve.jobs.leases import CANCELLED_MESSAGE, RESTARTED_MESSAGE
+from stableserve.jobs.recovery import CANCELLED_MESSAGE, RESTARTED_MESSAGE
 from stableserve.jobs.results import StoredResults, stored_outcome
-from stableserve.jobs.state import ACTIVE_STATES, JobInfo, LiveJob, artifact_metadata
+from stableserve.jobs.settle import Settlement
+from stableserve.jobs.state import ACTIVE_STATES, JobInfo, LiveJob
 from stableserve.settings import Settings
 from stableserve.storage.artifacts import ArtifactStore, FilesystemArtifactStore
 
@@ -95,7 +99,7 @@ class JobClient:
     ``retain_results`` jobs / ``retain_bytes`` bytes / ``retain_s`` seconds (oldest go first).
     ``store``: where ``store_result`` jobs keep their artifacts (default:
     ``FilesystemArtifactStore(settings.results_dir)``). ``owner``: this client's lease owner
-    id (default ``leases.owner_id()``, ``host:pid:random``; one per client).
+    id (default ``recovery.owner_id()``, ``host:pid:random``; one per client).
     """
 
     def __init__(
@@ -111,10 +115,11 @@ class JobClient:
         owner: str | None = None,
     ):
         self.settings = settings
-        self.owner = owner or leases.owner_id()
+        self.owner = owner or recovery.owner_id()
         """The lease owner id of this client (``jobs.origin`` / ``jobs.lease_owner``)."""
         self.store: ArtifactStore = FilesystemArtifactStore(settings.results_dir) if store is None else store
         self._results = StoredResults(settings, session_factory, self.store)
+        self._settle = Settlement(settings, session_factory, self.owner, self.store, self._results)
         self._sessions = session_factory
         self._executor_factory = executor_factory
         self._executor: Executor | None = None
@@ -173,7 +178,7 @@ class JobClient:
         except BaseException:
             self._state = "new"
             raise
-        leases.register_owner(self.owner)
+        recovery.register_owner(self.owner)
         self._executor = executor
         self._dispatcher = Dispatcher(self.settings, self._sessions, self.owner, executor, self)
         self._state = "running"
@@ -209,7 +214,7 @@ class JobClient:
                 dispatcher.stop()
                 self._fail_held(dispatcher.held_ids())  # the executor never reported these
         finally:
-            leases.unregister_owner(self.owner)
+            recovery.unregister_owner(self.owner)
             self._state = "stopped"
 
     def abandon(self) -> None:
@@ -221,7 +226,7 @@ class JobClient:
         with self._lock:
             self._state = "stopped"
         self._results.stop_purger()
-        leases.unregister_owner(self.owner)
+        recovery.unregister_owner(self.owner)
         if self._dispatcher is not None:
             self._dispatcher.stop()
         if self._executor is not None:
@@ -232,10 +237,10 @@ class JobClient:
         held by a process of this host and pid namespace that no longer runs (a previous run
         of this server). A running asynchronous job with attempts left goes back to the
         queue; the others fail (``server_restarted`` / ``worker_crashed``) with their credits
-        released (``leases.reap``). Safe while other processes use the database. Called by
+        released (``recovery.reap``). Safe while other processes use the database. Called by
         ``start`` and, through the dispatcher, every ``jobs.heartbeat_s``. Returns the number
         of jobs recovered."""
-        recovered = leases.reap(self._sessions, self.owner, self.settings.jobs.max_attempts)
+        recovered = recovery.reap(self._sessions, self.owner, self.settings.jobs.max_attempts)
         if recovered:
             log.warning("recovered %d unfinished job(s) of processes that are gone", len(recovered))
         return len(recovered)
@@ -421,6 +426,26 @@ class JobClient:
             dispatcher.request_cancel(job_id)
         return True
 
+    def request_cancel(self, job_id: str, *, org_id: str | None = None) -> str:
+        """Cancel ``job_id`` whichever process runs it (the asynchronous APIs' cancel):
+        ``"cancelled"`` when it was still queued (it never runs; credits released now);
+        ``"requested"`` when it runs: here it stops at its next denoising step, elsewhere its
+        holder stops it at its next lease renewal (within ``jobs.heartbeat_s``); its terminal
+        event settles the credits. Raises ``NotFound`` (unknown, or another organization's
+        with ``org_id``) and ``JobFinished``. Blocking (one short transaction).
+        """
+        with self._sessions.begin() as session:
+            outcome = leases.request_cancel(session, job_id, org_id)
+        if outcome == "cancelled":
+            self._deliver(Cancelled(job_id))
+            return outcome
+        dispatcher, executor = self._dispatcher, self._executor
+        held = dispatcher.held(job_id) if dispatcher is not None else None
+        if held is not None and not held.lost and executor is not None and not held.cancelled:
+            held.cancelled = True
+            executor.cancel(job_id)
+        return outcome
+
     def get(self, job_id: str, *, org_id: str | None = None) -> JobInfo:
         """The job's stored state plus live progress. Raises ``NotFound`` when unknown or, with
         ``org_id``, owned by another organization. Blocking (one short transaction)."""
@@ -430,7 +455,10 @@ class JobClient:
                 raise NotFound(f"job {job_id} not found", param="id")
             with self._lock:
                 live = self._live.get(job_id)
-                progress = live.progress if live is not None else None
+                steps = live.progress if live is not None else None
+            progress = steps[0] / steps[1] if steps is not None and steps[1] > 0 else None
+            if progress is None and job.state == "running":
+                progress = job.progress  # written by the holder, whichever process it is
             return JobInfo(
                 id=job.id,
                 org_id=job.org_id,
@@ -528,7 +556,7 @@ class JobClient:
         holds, and deliver that to their waiters."""
         if not job_ids:
             return
-        for job_id in leases.fail_held(self._sessions, self.owner, job_ids, code, message):
+        for job_id in recovery.fail_held(self._sessions, self.owner, job_ids, code, message):
             self._deliver(Failed(job_id, code, message))
 
     # -- executor events (executor threads) --------------------------------------------------
@@ -564,20 +592,18 @@ class JobClient:
         stored = False
         deliver: JobEvent | None = event
         if isinstance(event, Started):
-            try:
-                with self._sessions.begin() as session:
-                    leases.mark_started(session, event.job_id, held.attempt, self.owner)
-            except Exception:
-                log.exception("could not record Started for job %s", event.job_id)
+            self._settle.started(event.job_id, held)
         elif is_terminal(event):
             try:
-                deliver, stored = self._persist_terminal(event, held)
+                deliver, stored = self._settle.terminal(event, held)
             except Exception:
                 log.exception("could not record %s for job %s", type(event).__name__, event.job_id)
             finally:
                 if dispatcher is not None:
                     dispatcher.done(event.job_id, held)
-        elif not isinstance(event, Progress):
+        elif isinstance(event, Progress):
+            self._settle.progress(event, held)
+        else:
             return
         if deliver is not None:
             self._deliver(deliver, stored=stored)
@@ -606,88 +632,6 @@ class JobClient:
         for loop, queue in subscribers:
             with contextlib.suppress(RuntimeError):  # the subscriber's loop is closed
                 loop.call_soon_threadsafe(queue.put_nowait, event)
-
-    def _persist_terminal(self, event: JobEvent, held: Held) -> tuple[JobEvent | None, bool]:
-        """Settle the row and credits for the terminal ``event`` of ``held``'s attempt; returns
-        the event to deliver (``None``: nothing to deliver: the attempt was stale, or the job
-        went back to the queue) and whether its artifacts were written to the store.
-
-        For a ``store_result`` job the artifacts are written first, outside the transaction
-        (after checking that the attempt still holds the job); a failed write turns the
-        outcome into ``Failed(server_error)`` (credits released).
-        """
-        job_id, attempt, owner = event.job_id, held.attempt, self.owner
-        if (
-            isinstance(event, Failed)
-            and event.code == "worker_crashed"
-            and held.lease.store_result
-            and attempt < self.settings.jobs.max_attempts
-        ):
-            with self._sessions.begin() as session:
-                requeued = leases.requeue(session, job_id, attempt, owner)
-            if requeued:
-                log.warning("job %s: worker crashed on attempt %d; queued again", job_id, attempt)
-            return None, False
-        stored = False
-        if isinstance(event, Succeeded) and held.lease.store_result:
-            with self._sessions.begin() as session:
-                if not leases.holds(session, job_id, attempt, owner):
-                    return None, False  # never write over the result of the attempt that counts
-            try:
-                self.store.put(job_id, event.artifacts)
-                stored = True
-            except Exception:
-                log.exception("could not store the result of job %s; failing it", job_id)
-                event = Failed(job_id, "server_error", SERVER_ERROR_MESSAGE)
-        try:
-            with self._sessions.begin() as session:
-                if isinstance(event, Succeeded):
-                    now = utcnow()
-                    settled = leases.finish(
-                        session,
-                        job_id,
-                        attempt,
-                        owner,
-                        "succeeded",
-                        result_json=json.dumps([artifact_metadata(a) for a in event.artifacts]),
-                        expires_at=self._results.expires_at(now) if stored else None,
-                        finished_at=now,
-                    )
-                elif isinstance(event, Failed):
-                    settled = leases.finish(
-                        session,
-                        job_id,
-                        attempt,
-                        owner,
-                        "failed",
-                        error_code=event.code,
-                        error_message=event.message,
-                    )
-                else:
-                    settled = leases.finish(
-                        session,
-                        job_id,
-                        attempt,
-                        owner,
-                        "cancelled",
-                        error_code="cancelled",
-                        error_message=CANCELLED_MESSAGE,
-                    )
-                state = (
-                    None
-                    if settled or not stored
-                    else session.execute(select(Job.state).where(Job.id == job_id)).scalar_one_or_none()
-                )
-        except Exception:
-            if stored:
-                self._results.discard(job_id)
-            raise
-        if not settled:
-            if stored and state != "succeeded":
-                self._results.discard(job_id)  # the job ended otherwise meanwhile
-            log.info("dropped %s of job %s attempt %d: stale", type(event).__name__, job_id, attempt)
-            return None, False
-        return event, stored
 
     # -- retention ---------------------------------------------------------------------------
     def _take(self, job_id: str) -> None:

@@ -13,17 +13,18 @@ Two daemon threads:
   the leases of the jobs this process holds (``leases.renew``): those its executor runs and
   the queued synchronous jobs whose callers wait here. A lease found lost (recovered by
   another process after it expired) is marked ``lost`` and its run cancelled; whatever that
-  run reports later is dropped by the ``JobClient`` (and fenced in the database anyway). Then
-  it recovers jobs whose holders are gone (``leases.reap``) and tells the ``JobClient``
-  about jobs it waits for that finished elsewhere (``DispatchHost.settled_elsewhere``).
+  run reports later is dropped by the ``JobClient`` (and fenced in the database anyway). A
+  run whose row says ``cancel_requested`` (a cancel asked through another process) is
+  cancelled in the executor. Then it recovers jobs whose holders are gone
+  (``recovery.reap``) and tells the ``JobClient`` about jobs it waits for that finished
+  elsewhere (``DispatchHost.settled_elsewhere``).
 
-Fairness is per dispatcher (per process): each process serves organizations round robin;
-weights per plan are not implemented yet.
+Fairness is per dispatcher (per process): each process serves organizations by weighted
+round robin (``leases.FairShare``; the weight is the organization's plan's ``weight``).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -36,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from stableserve.core.types import GenerationRequest
 from stableserve.db.models import Job
-from stableserve.jobs import leases
+from stableserve.jobs import leases, recovery
 from stableserve.jobs.events import SERVER_ERROR_MESSAGE
 from stableserve.jobs.executor import Executor
 from stableserve.jobs.leases import Lease
@@ -55,6 +56,8 @@ class Held:
 
     lease: Lease
     lost: bool = False
+    cancelled: bool = False
+    """A cancel was passed to the executor already (``cancel_requested`` seen)."""
 
     @property
     def attempt(self) -> int:
@@ -113,8 +116,7 @@ class Dispatcher:
         self._held: dict[str, Held] = {}
         self._cancels: list[str] = []  # user cancels, in order
         self._lost: list[str] = []  # runs whose lease was lost: cancel them
-        self._served: dict[str, int] = {}  # org_id -> turn of its last lease
-        self._turn = itertools.count()
+        self._fair = leases.FairShare()
         self._wake = threading.Event()
         self._halt = threading.Event()
         self._leasing = True
@@ -278,11 +280,11 @@ class Dispatcher:
                 exclude: Collection[str] = set(self._held) | set(self._cancels)
             with self._db, self._sessions.begin() as session:
                 lease = leases.lease_next(
-                    session, self.owner, self.settings.jobs.lease_s, served=self._served, exclude=exclude
+                    session, self.owner, self.settings.jobs.lease_s, served=self._fair.passes, exclude=exclude
                 )
             if lease is None:
                 break
-            self._served[lease.org_id] = next(self._turn)
+            self._fair.served(lease.org_id, lease.weight)
             if not self._hand_over(lease):
                 break
             started += 1
@@ -347,19 +349,28 @@ class Dispatcher:
         renew = [*held, *(job_id for job_id, store_result in unheld if not store_result)]
         with self._db, self._sessions.begin() as session:
             kept = leases.renew(session, self.owner, renew, jobs.lease_s) if renew else {}
-        lost = []
+        lost, cancel = [], []
         with self._lock:
             for job_id, h in held.items():
-                if h.lost or kept.get(job_id) == (h.attempt, "running"):
+                renewed = kept.get(job_id)
+                if h.lost:
+                    continue
+                if renewed is not None and (renewed.attempt, renewed.state) == (h.attempt, "running"):
+                    if renewed.cancel_requested and not h.cancelled:
+                        h.cancelled = True
+                        cancel.append(job_id)
                     continue
                 if self._held.get(job_id) is h:
                     h.lost = True
                     self._lost.append(job_id)
                     lost.append(job_id)
+        for job_id in cancel:
+            log.info("job %s: cancel requested through another process", job_id)
+            self._executor_cancel(job_id)
         if lost:
             log.warning("lost the lease of %d job(s) (recovered elsewhere): %s", len(lost), ", ".join(lost))
             self.wake()
-        leases.reap(self._sessions, self.owner, jobs.max_attempts)
+        recovery.reap(self._sessions, self.owner, jobs.max_attempts)
         if unheld:
             with self._sessions.begin() as session:
                 states = leases.terminal_of(session, [job_id for job_id, _ in unheld])

@@ -18,12 +18,12 @@ Several server processes may share one database. Each ``JobClient`` has an owner
   row nor touch the credits.
 - **Heartbeat** (``renew``): the holder pushes ``lease_expires_at`` forward every
   ``jobs.heartbeat_s`` for the jobs it really holds, and learns which leases it lost.
-- **Recovery** (``reap``, every process, every heartbeat): an unfinished job whose lease
-  ran out (or whose holder is known dead: same host and pid namespace, pid gone) is
-  recovered: a ``running`` asynchronous job with ``attempt < jobs.max_attempts`` goes back to
-  ``queued`` (retried by any process); anything else is ``failed`` with its credits released:
-  ``worker_crashed`` for an asynchronous job out of attempts, ``server_restarted`` for a
-  synchronous job (its caller died with its process).
+- **Cancel from anywhere** (``request_cancel``): a queued job is cancelled at once (credits
+  released); a running one gets ``cancel_requested``, which its holder reads in ``renew``
+  and acts on (its run stops; the terminal event settles the row).
+- **Progress** (``record_progress``): the holder writes the running attempt's progress, so
+  a poll reaching any process can show it.
+- **Recovery**: ``jobs.recovery`` (owner ids, ``reap``).
 
 Times come from the clocks of the processes: keep them synchronized (NTP) to well under
 ``lease_s``. Every function takes a session inside the caller's transaction unless it says
@@ -32,105 +32,25 @@ otherwise; none commits.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import secrets
-import socket
-import threading
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, false, func, or_, select, true, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import false, func, or_, select, true, update
+from sqlalchemy.orm import Session
 
 from stableserve.accounts import ledger
 from stableserve.db.base import utcnow
-from stableserve.db.models import Job
+from stableserve.db.models import Job, Organization, Plan
+from stableserve.errors import JobFinished, NotFound
 from stableserve.jobs.state import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
-RESTARTED_MESSAGE = "The server restarted before the job finished; no credits were charged."
 CANCELLED_MESSAGE = "The job was cancelled; no credits were charged."
-CRASHED_MESSAGE = "The job's worker stopped unexpectedly on every attempt; no credits were charged."
 _CHUNK = 500  # ids per ... WHERE id IN (...)
-
-# -- owner ids -------------------------------------------------------------------------------
-_live_lock = threading.Lock()
-_live_owners: set[str] = set()
-
-
-def _pid_space() -> str | None:
-    """8 hex chars naming this machine boot and pid namespace (Linux), else ``None``.
-
-    Two owners with the same tag can check each other's pid; without it (another container,
-    another boot, not Linux) only the lease's expiry tells that an owner died.
-    """
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-    return hashlib.sha1(f"{boot}|{namespace}".encode()).hexdigest()[:8]
-
-
-def _host() -> str:
-    name = (socket.gethostname() or "localhost").replace(":", "_")[:80]
-    tag = _pid_space()
-    return f"{name}/{tag}" if tag else name
-
-
-HOST = _host()
-"""This process's host part of owner ids: the hostname, plus ``/`` and the pid-space tag
-where one is known (see ``owner_alive``)."""
-
-
-def owner_id() -> str:
-    """A new owner id ``host:pid:random`` (at most 120 chars), one per ``JobClient``."""
-    return f"{HOST}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def register_owner(owner: str) -> None:
-    """Record that ``owner`` is a live ``JobClient`` of this process (see ``owner_alive``)."""
-    with _live_lock:
-        _live_owners.add(owner)
-
-
-def unregister_owner(owner: str) -> None:
-    """Forget ``owner`` (its ``JobClient`` stopped or was abandoned)."""
-    with _live_lock:
-        _live_owners.discard(owner)
-
-
-def owner_alive(owner: str) -> bool | None:
-    """Whether the process named by ``owner`` still runs: ``False`` only when that is certain
-    (same host and pid namespace as this process, and its pid is gone, or it is this very
-    process's pid but no live ``JobClient`` here has that id); ``True`` when its pid lives on
-    this host; ``None`` when it cannot be told from here (another host or namespace)."""
-    with _live_lock:
-        if owner in _live_owners:
-            return True
-    try:
-        host, pid_text, _token = owner.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return None
-    if host != HOST or "/" not in host or pid <= 0:
-        return None
-    if pid == os.getpid():
-        return False  # not a live client of this process: a previous incarnation's
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists (another user's)
-        return True
-    return True
-
 
 # -- leasing ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -141,6 +61,8 @@ class Lease:
     org_id: str
     attempt: int
     store_result: bool
+    weight: int = 1
+    """The weight of the organization's plan (1 without a plan)."""
 
 
 def _is_postgresql(session: Session) -> bool:
@@ -155,13 +77,37 @@ def _eligible(owner: str, exclude: Collection[str]) -> list[Any]:
     return where
 
 
-def fair_order(heads: Iterable[tuple[str, Any]], served: Mapping[str, int]) -> list[str]:
-    """Organizations with queued work, in the order they should be served: the one served
-    least recently first (never served: first of all), ties by their oldest queued job.
+def fair_order(heads: Iterable[tuple[str, Any]], served: Mapping[str, float]) -> list[str]:
+    """Organizations with queued work, in the order they should be served: the lowest pass
+    first (never served: first of all), ties by their oldest queued job.
 
-    ``heads``: ``(org_id, oldest queued created_at)``; ``served``: org -> a counter value
-    that grows each time the org is served (``Dispatcher`` keeps it)."""
-    return [org for org, _ in sorted(heads, key=lambda h: (served.get(h[0], -1), h[1]))]
+    ``heads``: ``(org_id, oldest queued created_at)``; ``served``: org -> its pass (``FairShare``
+    keeps them: it grows by ``1 / weight`` each time the org is served)."""
+    return [org for org, _ in sorted(heads, key=lambda h: (served.get(h[0], -1.0), h[1]))]
+
+
+class FairShare:
+    """Weighted round robin across organizations (stride scheduling, Waldspurger & Weihl 1995).
+
+    Each organization has a *pass*; the one with the lowest pass is served next and its pass
+    grows by ``1 / weight`` (its plan's ``weight``, 1..100). While several organizations have
+    queued jobs, each is served in proportion to its weight; with equal weights this is plain
+    round robin. An organization that comes back after being idle starts at the pass of the
+    last one served (``vtime``), so idleness earns no burst. Not thread-safe: one dispatch
+    thread uses it.
+    """
+
+    def __init__(self) -> None:
+        self.passes: dict[str, float] = {}
+        """org_id -> pass (what ``fair_order`` sorts by)."""
+        self.vtime = 0.0
+        """The pass of the organization served last."""
+
+    def served(self, org_id: str, weight: int = 1) -> None:
+        """Record that ``org_id`` (whose plan has ``weight``) was just served."""
+        start = max(self.passes.get(org_id, self.vtime), self.vtime)
+        self.vtime = start
+        self.passes[org_id] = start + 1.0 / max(1, weight)
 
 
 def lease_next(
@@ -169,18 +115,24 @@ def lease_next(
     owner: str,
     lease_s: float,
     *,
-    served: Mapping[str, int] | None = None,
+    served: Mapping[str, float] | None = None,
     exclude: Collection[str] = (),
 ) -> Lease | None:
     """Lease the next queued job ``owner`` may run, fairly across organizations; ``None`` when
-    there is none. The oldest queued job of the first organization in ``fair_order`` whose
+    there is none. The oldest queued job of the first organization in ``fair_order`` (by
+    ``served``, a ``FairShare``'s passes; the lease carries the org's plan weight) whose
     job is not locked by a concurrent leaser wins; ``exclude``: job ids not to take (still
     in this process's executor). Commit right after: the lease counts from the commit.
     """
     where = _eligible(owner, exclude)
     heads = session.execute(
-        select(Job.org_id, func.min(Job.created_at)).where(*where).group_by(Job.org_id)
+        select(Job.org_id, func.min(Job.created_at), func.max(func.coalesce(Plan.weight, 1)))
+        .join(Organization, Organization.id == Job.org_id)
+        .outerjoin(Plan, Plan.id == Organization.plan_id)
+        .where(*where)
+        .group_by(Job.org_id)
     ).all()
+    weights = {h[0]: int(h[2]) for h in heads}
     postgresql = _is_postgresql(session)
     for org_id in fair_order([(h[0], h[1]) for h in heads], served or {}):
         stmt = (
@@ -204,11 +156,12 @@ def lease_next(
                 lease_owner=owner,
                 lease_expires_at=now + timedelta(seconds=lease_s),
                 heartbeat_at=now,
+                progress=None,
             )
             .execution_options(synchronize_session=False)
         ).rowcount
         if taken == 1:
-            return Lease(row.id, org_id, row.attempt + 1, bool(row.store_result))
+            return Lease(row.id, org_id, row.attempt + 1, bool(row.store_result), weights[org_id])
     return None
 
 
@@ -265,11 +218,12 @@ def finish(
 
 def requeue(session: Session, job_id: str, attempt: int, owner: str) -> bool:
     """Put ``attempt`` of ``job_id`` back in the queue (for another attempt, by any process);
-    fenced like ``finish``. The credits stay reserved."""
+    fenced like ``finish``, and not when a cancel was asked for (False: finish it instead).
+    The credits stay reserved."""
     stmt = (
         update(Job)
-        .where(*_fence(job_id, attempt, owner))
-        .values(state="queued", lease_owner=None, lease_expires_at=None, heartbeat_at=None)
+        .where(*_fence(job_id, attempt, owner), Job.cancel_requested == false())
+        .values(state="queued", lease_owner=None, lease_expires_at=None, heartbeat_at=None, progress=None)
     )
     return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
 
@@ -309,14 +263,21 @@ def unlease(session: Session, job_id: str, attempt: int, owner: str) -> bool:
 
 
 # -- heartbeats ------------------------------------------------------------------------------
-def renew(
-    session: Session, owner: str, job_ids: Collection[str], lease_s: float
-) -> dict[str, tuple[int, str]]:
+class Renewed(NamedTuple):
+    """A lease ``renew`` found still held: the row's ``attempt``, ``state`` and whether a
+    cancel was asked for (``request_cancel``)."""
+
+    attempt: int
+    state: str
+    cancel_requested: bool
+
+
+def renew(session: Session, owner: str, job_ids: Collection[str], lease_s: float) -> dict[str, Renewed]:
     """Extend ``owner``'s leases of ``job_ids`` (jobs it runs, and its queued synchronous
-    jobs) to now + ``lease_s``; returns ``{job_id: (attempt, state)}`` of those it still holds.
+    jobs) to now + ``lease_s``; returns ``{job_id: Renewed}`` of those it still holds.
     A job missing from the answer, or with another attempt, was lost (recovered elsewhere)."""
     now = utcnow()
-    held: dict[str, tuple[int, str]] = {}
+    held: dict[str, Renewed] = {}
     ids = list(job_ids)
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
@@ -327,9 +288,42 @@ def renew(
             .values(lease_expires_at=now + timedelta(seconds=lease_s), heartbeat_at=now)
             .execution_options(synchronize_session=False)
         )
-        for row in session.execute(select(Job.id, Job.attempt, Job.state).where(*mine)):
-            held[row.id] = (row.attempt, row.state)
+        rows = session.execute(select(Job.id, Job.attempt, Job.state, Job.cancel_requested).where(*mine))
+        for row in rows:
+            held[row.id] = Renewed(row.attempt, row.state, bool(row.cancel_requested))
     return held
+
+
+def request_cancel(session: Session, job_id: str, org_id: str | None = None) -> str:
+    """Ask for ``job_id`` to be cancelled, from any process: ``"cancelled"`` when it was still
+    queued (it is cancelled now, credits released); ``"requested"`` when it runs (its holder
+    stops it at its next lease renewal, within ``jobs.heartbeat_s``; the terminal event
+    settles the row). Raises ``NotFound`` when unknown or, with ``org_id``, another
+    organization's; ``JobFinished`` when it already finished."""
+    job = session.execute(select(Job.org_id, Job.state).where(Job.id == job_id)).first()
+    if job is None or (org_id is not None and job.org_id != org_id):
+        raise NotFound(f"job {job_id} not found", param="id")
+    if job.state == "queued" and cancel_queued(session, job_id):
+        return "cancelled"
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.state == "running")
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    if session.execute(stmt).rowcount == 1:
+        return "requested"
+    if cancel_queued(session, job_id):  # went back to the queue meanwhile (a retry)
+        return "cancelled"
+    raise JobFinished(f"job {job_id} already finished", param="id")
+
+
+def record_progress(session: Session, job_id: str, attempt: int, owner: str, fraction: float) -> bool:
+    """Store ``fraction`` (0..1) as the progress of ``attempt`` of ``job_id``; fenced like
+    ``finish`` (False when stale)."""
+    value = min(1.0, max(0.0, float(fraction)))
+    stmt = update(Job).where(*_fence(job_id, attempt, owner)).values(progress=value)
+    return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
 
 
 def terminal_of(session: Session, job_ids: Collection[str]) -> dict[str, str]:
@@ -342,127 +336,3 @@ def terminal_of(session: Session, job_ids: Collection[str]) -> dict[str, str]:
         )
         found.update({row.id: row.state for row in session.execute(stmt)})
     return found
-
-
-# -- recovery --------------------------------------------------------------------------------
-def _recoverable(now: datetime, dead: Collection[str]) -> Any:
-    """Unfinished jobs whose holder is gone: lease run out, never set (rows of an earlier
-    version), or held by a process known dead. Queued asynchronous jobs are nobody's: skip."""
-    gone = [Job.lease_expires_at.is_(None), Job.lease_expires_at < now]
-    if dead:
-        gone.append(Job.lease_owner.in_(list(dead)))
-    return and_(
-        Job.state.in_(ACTIVE_STATES),
-        or_(Job.state == "running", Job.store_result == false()),
-        or_(*gone),
-    )
-
-
-def dead_owners(session: Session, me: str) -> set[str]:
-    """Holders of unfinished jobs that ``owner_alive`` knows to be dead (not ``me``)."""
-    owners = session.execute(
-        select(Job.lease_owner)
-        .where(Job.state.in_(ACTIVE_STATES), Job.lease_owner.is_not(None), Job.lease_owner != me)
-        .distinct()
-    ).scalars()
-    return {o for o in owners if owner_alive(o) is False}
-
-
-def reap(sessions: sessionmaker[Session], me: str, max_attempts: int) -> dict[str, str]:
-    """Recover every job whose holder is gone (see the module docstring), one short
-    transaction each; returns ``{job_id: "requeued" | "failed"}`` for the jobs this call
-    recovered. Safe to run in every process at once (each change is conditional).
-    Opens its own transactions."""
-    now = utcnow()
-    with sessions.begin() as session:
-        dead = dead_owners(session, me)
-        rows = session.execute(
-            select(Job.id, Job.attempt, Job.state, Job.store_result, Job.lease_owner).where(
-                _recoverable(now, dead)
-            )
-        ).all()
-    done: dict[str, str] = {}
-    for row in rows:
-        try:
-            with sessions.begin() as session:
-                outcome = _recover_one(session, row, now, dead, max_attempts)
-        except Exception:
-            log.exception("could not recover job %s", row.id)
-            continue
-        if outcome is not None:
-            done[row.id] = outcome
-            log.warning(
-                "job %s (attempt %d, %s, holder %s gone): %s",
-                row.id,
-                row.attempt,
-                row.state,
-                row.lease_owner,
-                outcome,
-            )
-    return done
-
-
-def _recover_one(
-    session: Session, row: Any, now: datetime, dead: Collection[str], max_attempts: int
-) -> str | None:
-    owner = Job.lease_owner.is_(None) if row.lease_owner is None else Job.lease_owner == row.lease_owner
-    same = [
-        Job.id == row.id,
-        Job.attempt == row.attempt,
-        Job.state == row.state,
-        owner,
-        _recoverable(now, dead),
-    ]
-    if row.state == "running" and row.store_result and row.attempt < max_attempts:
-        stmt = (
-            update(Job)
-            .where(*same)
-            .values(state="queued", lease_owner=None, lease_expires_at=None, heartbeat_at=None)
-        )
-        taken = session.execute(stmt.execution_options(synchronize_session=False)).rowcount
-        return "requeued" if taken == 1 else None
-    code, message = (
-        ("worker_crashed", CRASHED_MESSAGE) if row.store_result else ("server_restarted", RESTARTED_MESSAGE)
-    )
-    stmt = (
-        update(Job)
-        .where(*same)
-        .values(
-            state="failed", error_code=code, error_message=message, finished_at=now, lease_expires_at=None
-        )
-    )
-    if session.execute(stmt.execution_options(synchronize_session=False)).rowcount != 1:
-        return None
-    ledger.release(session, row.id)
-    return "failed"
-
-
-def fail_held(
-    sessions: sessionmaker[Session], owner: str, job_ids: Collection[str], code: str, message: str
-) -> list[str]:
-    """Fail the unfinished jobs of ``job_ids`` that ``owner`` holds (queued synchronous ones
-    and running ones, any attempt) with ``code``, releasing their credits; returns their ids.
-    For a shutting-down process: its waiting callers go away with it. Opens its own
-    transactions (one per job)."""
-    failed: list[str] = []
-    for job_id in job_ids:
-        stmt = (
-            update(Job)
-            .where(Job.id == job_id, Job.lease_owner == owner, Job.state.in_(ACTIVE_STATES))
-            .values(
-                state="failed",
-                error_code=code,
-                error_message=message,
-                finished_at=utcnow(),
-                lease_expires_at=None,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        try:
-            with sessions.begin() as session:
-                if session.execute(stmt).rowcount == 1:
-                    ledger.release(session, job_id)
-                    failed.append(job_id)
-        except Exception:
-            log.exception("could not fail job %s (%s)", job_id, code)
-    return failed

@@ -28,7 +28,9 @@ class JobInfo:
       after a worker crash keeps its count).
     - ``artifacts``: metadata of the generated images once succeeded (dicts with ``index``,
       ``seed``, ``finish_reason``, ``width``, ``height``, ``mime``; no bytes).
-    - ``progress``: ``(done, total)`` denoising steps of a running job seen by this process.
+    - ``progress``: the fraction (0..1) of a running job's denoising steps done: live when this
+      process runs it, else as its holder last stored it (about once a second); ``None``
+      before the first step.
     - ``store_result``: submitted with ``store_result=True`` (result kept for ``fetch``).
     - ``expires_at``: when the stored result expires (succeeded ``store_result`` jobs only;
       ``None`` otherwise and once it was purged).
@@ -49,7 +51,7 @@ class JobInfo:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    progress: tuple[int, int] | None = None
+    progress: float | None = None
     store_result: bool = False
     expires_at: datetime | None = None
 

@@ -32,6 +32,7 @@ def plan(row: m.Plan) -> s.Plan:
         monthly_credits=float(row.monthly_credits),
         rate_limit_requests=row.rate_limit_requests,
         rate_limit_window_s=row.rate_limit_window_s,
+        weight=row.weight,
         created_at=row.created_at,
     )
 

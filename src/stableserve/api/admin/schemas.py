@@ -166,7 +166,8 @@ class Balance(BaseModel):
 # -- plans --------------------------------------------------------------------------------------
 class Plan(BaseModel):
     """A plan: ``monthly_credits`` granted once per UTC month to each organization on it, and
-    its keys' rate limit (``rate_limit_requests`` per ``rate_limit_window_s`` seconds)."""
+    its keys' rate limit (``rate_limit_requests`` per ``rate_limit_window_s`` seconds) and its
+    ``weight`` in the fair order of queued jobs across organizations."""
 
     id: str
     name: str
@@ -174,6 +175,7 @@ class Plan(BaseModel):
     monthly_credits: Credits
     rate_limit_requests: int
     rate_limit_window_s: int
+    weight: int = Field(description="Share of the job dispatcher's turns across organizations (1..100).")
     created_at: datetime
 
 
@@ -186,6 +188,7 @@ class PlanCreate(_Request):
     monthly_credits: Credits = Field(ge=0, le=1e9, allow_inf_nan=False)
     rate_limit_requests: int = Field(ge=1, le=1_000_000)
     rate_limit_window_s: int = Field(ge=1, le=86_400)
+    weight: int = Field(default=1, ge=1, le=100)
 
 
 class PlanUpdate(_Request):
@@ -196,6 +199,7 @@ class PlanUpdate(_Request):
     monthly_credits: Credits | None = Field(default=None, ge=0, le=1e9, allow_inf_nan=False)
     rate_limit_requests: int | None = Field(default=None, ge=1, le=1_000_000)
     rate_limit_window_s: int | None = Field(default=None, ge=1, le=86_400)
+    weight: int | None = Field(default=None, ge=1, le=100)
 
 
 class GrantsApplied(BaseModel):

@@ -2,6 +2,8 @@
 
 v1 and v1beta share shapes; v1alpha takes the raw key, an ``options`` JSON form field for the
 image routes, and answers JSON as a bare array of images. The upscale route is v1 only.
+stableserve extensions (v1 and v1beta): ``Prefer: respond-async`` with results, cancel and
+price routes (``rest_v1.jobs``), engine capabilities (``rest_v1.capabilities``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from stableserve.api.deps import app_state, authenticate, read_form, read_json
 from stableserve.api.openapi_doc import inline_schema
-from stableserve.api.rest_v1 import convert
+from stableserve.api.rest_v1 import convert, jobs
+from stableserve.api.rest_v1.capabilities import add_capability_routes
 from stableserve.api.rest_v1.schemas import (
     AccountResponseBody,
     BalanceResponseBody,
@@ -74,6 +77,8 @@ def build_router(flavor: Flavor) -> APIRouter:
 
     async def run(request: Request, gen: GenerationRequest) -> Response:
         state = app_state(request)
+        if not alpha and jobs.wants_async(request):  # stableserve extension (``rest_v1.jobs``)
+            return await jobs.respond_async(request, gen, flavor)
         png = convert.wants_png(request.headers.get("accept"))
         if png and gen.samples > 1:
             raise InvalidRequest(
@@ -197,4 +202,7 @@ def build_router(flavor: Flavor) -> APIRouter:
             image = await convert.read_file(form, "image")
             return await run(request, convert.upscale(engine_id, body, image))
 
+    add_capability_routes(router, flavor)  # GET /engines/{engine_id}/capabilities
+    if not alpha:  # async generation, progress, cancel and price (stableserve extensions)
+        jobs.add_job_routes(router, flavor)
     return router
