@@ -265,12 +265,15 @@ def test_plans(client, admin):
     r = client.post(f"{A}/plans", headers=admin.headers, json=body)
     assert r.status_code == 201, r.text
     assert {k: r.json()[k] for k in body} == body and r.json()["description"] == ""
+    assert r.json()["weight"] == 1  # plain round robin unless set
     v1_error(client.post(f"{A}/plans", headers=admin.headers, json=body), 400, "bad_request")
     for change in (
         {"id": "Bad Id"},
         {"rate_limit_requests": 0},
         {"rate_limit_window_s": 10**9},
         {"monthly_credits": -1},
+        {"weight": 0},
+        {"weight": 101},
     ):
         v1_error(
             client.post(f"{A}/plans", headers=admin.headers, json={**body, **change}), 400, "bad_request"
@@ -282,6 +285,8 @@ def test_plans(client, admin):
     assert r.status_code == 200 and r.json()["monthly_credits"] == 400.5 and r.json()["name"] == "Team+"
     assert r.json()["rate_limit_requests"] == 20
     assert client.get(f"{A}/plans/{pid}", headers=admin.headers).json() == r.json()
+    r = client.patch(f"{A}/plans/{pid}", headers=admin.headers, json={"weight": 3})
+    assert r.status_code == 200 and r.json()["weight"] == 3 and r.json()["name"] == "Team+"
     v1_error(
         client.patch(f"{A}/plans/{pid}", headers=admin.headers, json={"rate_limit_requests": 0}),
         400,

@@ -132,6 +132,12 @@ def test_admin_keys_plans_and_monthly_grants(home):
     assert re.search(r"balance\s+1,001 credits", cli(home, "credits", "show", "--org", "studio").stdout)
     assert re.search(r"creator\s.*\s1\s", cli(home, "plans", "list").stdout)  # one organization on it
 
+    weight = cli(home, "plans", "set-weight", "pro", "3")
+    assert weight.returncode == 0 and "plan pro: weight 3" in weight.stdout
+    assert re.search(r"pro\s.*│\s+3\s+│\s+0\s", cli(home, "plans", "list").stdout)  # weight 3, no org
+    bad = cli(home, "plans", "set-weight", "pro", "0")
+    assert bad.returncode == 2 and "weight: must be an integer from 1 to 100" in bad.stderr
+
     bad = cli(home, "orgs", "set-plan", "studio", "nope")
     assert bad.returncode == 2 and "error: plan nope not found" in bad.stderr
     assert "Traceback" not in bad.stderr
