@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 SPANDREL_SPEC ?= spandrel==0.4.2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run generate test lint audit bench clean install
+.PHONY: run generate test lint audit bench clean install browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,14 @@ generate: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(MAKE) --no-print-directory audit
+	$(MAKE) --no-print-directory browser
 	$(BIN)/pytest -q
+
+# The system Chromium (Debian's `chromium`) for the playground's browser test; never fails the
+# build: without it that test is skipped.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "could not install chromium: the browser test will be skipped"
 
 # Known vulnerabilities in the installed dependencies (PyPI's advisory data); fails when any.
 audit: $(STAMP)

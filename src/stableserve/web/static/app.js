@@ -151,7 +151,9 @@ function onEngineChange() {
   }
   note.replaceChildren(
     h("code", {}, cap.id),
-    ` · ${cap.ready_reason} · ${credits(cap.default_price)} credits per default image`,
+    ` · ${cap.ready_reason}`,
+    cap.default_sampler ? ` · default: ${cap.default_steps} steps, ${cap.default_sampler}` : "",
+    ` · ${credits(cap.default_price)} credits per default image`,
   );
   const sizes = sizeOptions(cap);
   const size = $("#size");
@@ -161,7 +163,7 @@ function onEngineChange() {
   const sampler = $("#sampler");
   const chosen = sampler.value;
   sampler.replaceChildren(
-    h("option", { value: "" }, cap.default_sampler ? `Default (${cap.default_sampler})` : "Default"),
+    h("option", { value: "" }, "Engine default"),
     ...cap.samplers.map((s) => h("option", { value: s }, s)),
   );
   if (cap.samplers.includes(chosen)) sampler.value = chosen;
@@ -202,11 +204,13 @@ function setSource(source) {
 }
 
 function useImage(item, mode) {
+  const made = state.caps.get(item.params.engine);
+  if (made && TASK[mode] && made.tasks.includes(TASK[mode])) state.chosen[mode] = made.id; // same engine
   setSource({ blob: item.blob, url: item.url, width: item.width, height: item.height, label: `image with seed ${item.seed}` });
   $(`input[name=mode][value="${mode}"]`).checked = true;
   applyMode(mode);
   if (!$("#prompt").value && item.params.prompt) $("#prompt").value = item.params.prompt;
-  $("#source").scrollIntoView({ behavior: "smooth", block: "start" });
+  $("#source").scrollIntoView({ block: "start" });
   (mode === "inpaint" ? $("#brush") : $("#prompt")).focus({ preventScroll: true });
 }
 
@@ -262,6 +266,8 @@ function setPrice(value, note) {
 let priceTimer = 0;
 function updatePrice() {
   clearTimeout(priceTimer);
+  state.priceToken++; // an answer still on its way is stale now
+  setPrice(NaN, "");
   priceTimer = setTimeout(estimate, 150);
 }
 
@@ -308,6 +314,8 @@ async function run(event) {
   $("#progress-box").hidden = false;
   $("#cancel").hidden = true;
   progress("Submitting…", null);
+  clearTimeout(priceTimer);
+  await estimate(); // the cost before, of exactly these values
   const estimated = Number($("#price").dataset.credits || NaN);
   const before = await refreshBalance();
   const record = { mode: v.mode, engine: v.engine || "outpaint", prompt: v.prompt };
@@ -342,7 +350,7 @@ async function run(event) {
           sampler: NEEDS_PROMPT.has(v.mode) ? v.sampler || `default (${cap?.default_sampler})` : undefined,
           style_preset: v.mode === "upscale" ? undefined : v.style,
           image_strength: v.mode === "image-to-image" ? v.strength : undefined,
-          prompt: v.prompt,
+          prompt: v.engine === FAST_UPSCALE ? undefined : v.prompt,
           negative_prompt: v.mode === "upscale" ? undefined : v.negative,
           finish_reason: r.finishReason,
           cost,

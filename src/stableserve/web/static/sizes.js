@@ -4,10 +4,6 @@ const RATIOS = [
   [1, 1], [16, 9], [9, 16], [3, 2], [2, 3], [5, 4], [4, 5], [21, 9], [9, 21],
 ];
 
-function gcd(a, b) {
-  return b ? gcd(b, a % b) : a;
-}
-
 /** "16:9"-style label of the common ratio nearest to w x h. */
 export function ratioLabel(w, h) {
   let best = RATIOS[0];
@@ -16,8 +12,7 @@ export function ratioLabel(w, h) {
       best = r;
   }
   const exact = Math.abs(Math.log(w / h) - Math.log(best[0] / best[1])) < 0.01;
-  const g = gcd(w, h);
-  return exact ? `${best[0]}:${best[1]}` : `≈${best[0]}:${best[1]} (${w / g}:${h / g})`;
+  return `${exact ? "" : "≈"}${best[0]}:${best[1]}`;
 }
 
 /** Whether w x h satisfies the rule (same logic as the server's core.validation). */
