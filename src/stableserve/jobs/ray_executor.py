@@ -58,6 +58,15 @@ SHUTDOWN_MESSAGE = "The server shut down before the job finished, please try aga
 CRASH_MESSAGE = "The worker running this job stopped unexpectedly, please try again."
 STATUS_INTERVAL_S = 2.0
 """How often the running replicas of each deployed family are counted (``serve.status()``)."""
+_SERVE_LOCK = threading.Lock()
+"""Held around this process's Serve client calls that build Serve config objects:
+``serve.status()`` (it parses every deployment's config) and a family's deploy (the
+application built, then ``serve.run``). Each such object briefly registers Serve's request
+router module with cloudpickle's global pickle-by-value registry and unregisters it; two at
+once on different threads (the first jobs of two families, or a deploy beside the status
+watcher) race there, and the loser fails with ``ValueError: <module ...> is not registered
+for pickle by value``, which failed the deploy and its job (``server_error``). A later
+family's first job so waits for the deploy of an earlier one."""
 
 
 @dataclass
@@ -466,15 +475,17 @@ class RayExecutor:
 
         name = app_name(self.settings, family)
         with contextlib.suppress(Exception):
-            current = serve.status().applications.get(name)
+            with _SERVE_LOCK:
+                current = serve.status().applications.get(name)
             if current is not None and current.status in ("RUNNING", "DEPLOYING", "UNHEALTHY"):
                 log.info("using the running Serve application %s", name)
                 return serve.get_app_handle(name)
         log.info("deploying Serve application %s", name)
-        app = family_app(self.settings, self.registry_spec, family)
-        with self._lock:
-            self._owned.add(name)
-        handle = serve.run(app, name=name, route_prefix=None)
+        with _SERVE_LOCK:  # one deploy at a time, never beside serve.status() (see _SERVE_LOCK)
+            app = family_app(self.settings, self.registry_spec, family)
+            with self._lock:
+                self._owned.add(name)
+            handle = serve.run(app, name=name, route_prefix=None)
         self._refresh_status()
         return handle
 
@@ -490,7 +501,8 @@ class RayExecutor:
     def _refresh_status(self) -> None:
         from ray import serve
 
-        apps = serve.status().applications
+        with _SERVE_LOCK:
+            apps = serve.status().applications
         with self._lock:
             families = set(self._handles) | set(self._deploying)
         replicas: dict[str, int] = {}
