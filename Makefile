@@ -36,7 +36,7 @@ generate: $(STAMP)
 		--seed 42 --steps 20 -o out/lighthouse.png
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks training
 	$(MAKE) --no-print-directory audit
 	$(MAKE) --no-print-directory browser
 	$(BIN)/pytest -q
@@ -52,7 +52,7 @@ audit: $(STAMP)
 	$(BIN)/pip-audit --skip-editable --progress-spinner off
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks training
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/runner_overhead.py

@@ -1,0 +1,1 @@
+"""Tests of the training/ package (generator, checker, model components)."""

@@ -1,0 +1,1 @@
+"""Training of the offline "shapes" text-to-image model (issue 11); see training/README.md."""

@@ -1,0 +1,325 @@
+"""The three training stages: VAE on crops, latent cache, UNet + text encoder.
+
+Each stage reads and writes files in the run directory and checkpoints itself every few
+minutes (``<stage>_state.pt``), so a killed run continues with ``--resume`` where it stopped;
+every random draw depends on ``(seed, step)`` only (:func:`training.checkpoint.step_generator`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training import data, model
+from training.checkpoint import Clock, Ema, load_state, save_state, step_generator
+
+log = logging.getLogger("training")
+
+
+@dataclass
+class Config:
+    """Hyper-parameters of one run (all recorded in ``config.json`` of the run directory)."""
+
+    seed: int = 0
+    vae_steps: int = 4000
+    vae_batch: int = 6
+    vae_crop: int = 96
+    vae_pool: int = 300
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6
+    num_latents: int = 4000
+    buckets: str = "512x512:8,512x768:1,768x512:1"
+    unet_steps: int = 4000
+    unet_batch: int = 32
+    unet_lr: float = 3e-4
+    cfg_dropout: float = 0.1
+    offset_noise: float = 0.05
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_minutes: float = 5.0
+
+    def bucket_list(self) -> list[tuple[int, int, int]]:
+        """``[(width, height, weight), ...]`` parsed from :attr:`buckets`."""
+        out = []
+        for item in self.buckets.split(","):
+            size, weight = item.split(":")
+            w, h = size.split("x")
+            out.append((int(w), int(h), int(weight)))
+        return out
+
+
+def _to_tensor(img) -> torch.Tensor:
+    """PIL RGB -> float tensor (3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 127.5 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: VAE
+
+
+def _vae_batch(pool: torch.Tensor, centres: list, cfg: Config, g: torch.Generator) -> torch.Tensor:
+    """``cfg.vae_batch`` random crops (half centred near an object) with random flips."""
+    n, _, h, w = pool.shape
+    c = cfg.vae_crop
+    crops = []
+    for _ in range(cfg.vae_batch):
+        i = int(torch.randint(n, (1,), generator=g))
+        if torch.rand(1, generator=g) < 0.5 and centres[i]:
+            cx, cy = centres[i][int(torch.randint(len(centres[i]), (1,), generator=g))]
+            jitter = (torch.rand(2, generator=g) - 0.5) * c * 0.6
+            x0, y0 = int(cx * w - c / 2 + jitter[0]), int(cy * h - c / 2 + jitter[1])
+        else:
+            x0, y0 = (int(v) for v in torch.randint(0, max(1, w - c), (2,), generator=g))
+        x0, y0 = min(max(x0, 0), w - c), min(max(y0, 0), h - c)
+        crop = pool[i, :, y0 : y0 + c, x0 : x0 + c]
+        if torch.rand(1, generator=g) < 0.5:
+            crop = crop.flip(-1)
+        crops.append(crop)
+    return torch.stack(crops).float() / 127.5 - 1
+
+
+def train_vae(run: Path, cfg: Config, device: torch.device) -> None:
+    """Stage 1: train the ``AutoencoderKL`` (L1 + KL) on crops of a pool of 512x512 scenes.
+
+    Writes ``vae_final.pt`` (state dict). Pool images are training scenes ``0..vae_pool-1``.
+    """
+    if (run / "vae_final.pt").exists():
+        return
+    torch.manual_seed(cfg.seed)
+    vae = model.vae().to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    with torch.no_grad():  # posterior std starts at exp(-3) ~ 0.05 everywhere (log-variance rows)
+        vae.encoder.conv_out.weight[model.LATENT_CHANNELS :] = 0.0
+        vae.encoder.conv_out.bias[model.LATENT_CHANNELS :] = -6.0
+    state = load_state(run / "vae_state.pt")
+    step = 0
+    if state:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    clock = Clock(state["spent"] if state else 0.0, cfg.checkpoint_minutes)
+    scenes = [data.training_scene(i) for i in range(cfg.vae_pool)]
+    pool = torch.stack([torch.from_numpy(np.array(data.render(s))).permute(2, 0, 1) for s in scenes])
+    centres = [[(o.cx, o.cy) for o in s.objects] for s in scenes]
+    log.info(
+        "vae: %d params, pool %d, from step %d", sum(p.numel() for p in vae.parameters()), len(pool), step
+    )
+    vae.train()
+    recent: list[float] = []
+    while step < cfg.vae_steps:
+        g = step_generator(cfg.seed, step)
+        x = _vae_batch(pool, centres, cfg, g).to(device)
+        lr = (
+            cfg.vae_lr
+            * min(1.0, (step + 1) / 100)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
+        out = vae.decode(z).sample
+        rec = F.l1_loss(out, x) + F.mse_loss(out, x)
+        loss = rec + cfg.kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        recent = (recent + [rec.item()])[-25:]
+        if step % 25 == 0:
+            mean = sum(recent) / len(recent)
+            log.info(
+                "vae step %d loss %.4f rec %.4f (mean of 25: %.4f) (%.0f s)",
+                step,
+                loss.item(),
+                rec.item(),
+                mean,
+                clock.spent,
+            )
+        if clock.due() or step == cfg.vae_steps:
+            save_state(
+                run / "vae_state.pt",
+                {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "spent": clock.spent},
+            )
+    save_state(run / "vae_final.pt", {"model": vae.state_dict(), "spent": clock.spent, "steps": step})
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: latent cache
+
+
+def _bucket_of(index: int, buckets: list[tuple[int, int, int]]) -> tuple[int, int]:
+    total = sum(b[2] for b in buckets)
+    r = (index * 2654435761) % 1000 / 1000 * total
+    for w, h, weight in buckets:
+        if r < weight:
+            return w, h
+        r -= weight
+    return buckets[-1][0], buckets[-1][1]
+
+
+@torch.no_grad()
+def encode_latents(run: Path, cfg: Config, device: torch.device) -> None:
+    """Stage 2: render training scenes ``0..num_latents-1`` (size bucket by index hash) and store
+    the posterior means of the trained VAE in ``latents.pt`` with their captions."""
+    if (run / "latents.pt").exists():
+        return
+    vae = model.vae().to(device).eval()
+    vae.load_state_dict(load_state(run / "vae_final.pt")["model"])
+    state = load_state(run / "latents_state.pt") or {"latents": {}, "captions": {}, "done": 0, "spent": 0.0}
+    clock = Clock(state["spent"], cfg.checkpoint_minutes)
+    buckets = cfg.bucket_list()
+    batch = 8
+    for start in range(state["done"], cfg.num_latents, batch):
+        idx = range(start, min(start + batch, cfg.num_latents))
+        by_size: dict[tuple[int, int], list] = {}
+        for i in idx:
+            by_size.setdefault(_bucket_of(i, buckets), []).append(
+                data.training_scene(i, *_bucket_of(i, buckets))
+            )
+        for (w, h), scenes in by_size.items():
+            x = torch.stack([_to_tensor(data.render(s)) for s in scenes]).to(device)
+            z = vae.encode(x).latent_dist.mean.cpu().half()
+            key = f"{w}x{h}"
+            state["latents"].setdefault(key, []).append(z)
+            state["captions"].setdefault(key, []).extend(s.caption for s in scenes)
+        state["done"] = idx.stop
+        if clock.due():
+            state["spent"] = clock.spent
+            save_state(run / "latents_state.pt", state)
+            log.info("latents: %d / %d (%.0f s)", state["done"], cfg.num_latents, clock.spent)
+    latents = {k: torch.cat(v) for k, v in state["latents"].items()}
+    flat = torch.cat([v.float().flatten() for v in latents.values()])
+    scaling = 1.0 / flat.std().item()
+    log.info(
+        "latents done: %s, std %.4f -> scaling_factor %.5f",
+        {k: tuple(v.shape) for k, v in latents.items()},
+        flat.std().item(),
+        scaling,
+    )
+    save_state(
+        run / "latents.pt",
+        {"latents": latents, "captions": state["captions"], "scaling_factor": scaling, "spent": clock.spent},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: UNet + text encoder
+
+
+def _snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction (Hang et al. 2023): min(SNR, g) / SNR."""
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(run: Path, cfg: Config, device: torch.device) -> None:
+    """Stage 3: train UNet and text encoder jointly on the cached latents (epsilon prediction,
+    SD 1.5's noise schedule, min-SNR weights, offset noise, caption dropout ``cfg_dropout`` to the
+    empty prompt for classifier-free guidance). Writes ``unet_final.pt`` with the EMA weights."""
+    if (run / "unet_final.pt").exists():
+        return
+    cache = load_state(run / "latents.pt")
+    scale = cache["scaling_factor"]
+    tok = model.tokenizer()
+    keys = sorted(cache["latents"])
+    latents = {k: cache["latents"][k].float() * scale for k in keys}
+    ids = {
+        k: tok(
+            cache["captions"][k], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        for k in keys
+    }
+    empty = tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    weights = torch.tensor([float(len(latents[k])) for k in keys])
+
+    torch.manual_seed(cfg.seed + 1)
+    unet, text = model.unet().to(device), model.text_encoder().to(device)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    both = torch.nn.ModuleDict({"unet": unet, "text": text})
+    ema = Ema(both, cfg.ema_decay)
+    sched = model.scheduler()
+    ac = sched.alphas_cumprod.to(device)
+    state = load_state(run / "unet_state.pt")
+    step = 0
+    if state:
+        both.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema.shadow = state["ema"]
+        step = state["step"]
+    clock = Clock(state["spent"] if state else 0.0, cfg.checkpoint_minutes)
+    log.info(
+        "unet: %d params, text %d params, from step %d",
+        sum(p.numel() for p in unet.parameters()),
+        sum(p.numel() for p in text.parameters()),
+        step,
+    )
+    both.train()
+    recent: list[float] = []
+    while step < cfg.unet_steps:
+        g = step_generator(cfg.seed + 1, step)
+        k = keys[int(torch.multinomial(weights, 1, generator=g))]
+        sel = torch.randint(len(latents[k]), (cfg.unet_batch,), generator=g)
+        x0 = latents[k][sel]
+        tokens = ids[k][sel].clone()
+        drop = torch.rand(cfg.unet_batch, generator=g) < cfg.cfg_dropout
+        tokens[drop] = empty
+        noise = torch.randn(x0.shape, generator=g)
+        noise += cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1, generator=g)
+        t = torch.randint(0, 1000, (cfg.unet_batch,), generator=g)
+        x0, noise, t, tokens = x0.to(device), noise.to(device), t.to(device), tokens.to(device)
+        a = ac[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        lr = (
+            cfg.unet_lr
+            * min(1.0, (step + 1) / 200)
+            * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.unet_steps)))
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr
+        pred = unet(xt, t, text(tokens)[0]).sample
+        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per * _snr_weights(ac, t, cfg.snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        ema.update(both, step)
+        recent = (recent + [loss.item()])[-25:]
+        if step % 25 == 0:
+            log.info(
+                "unet step %d loss %.4f (mean of 25: %.4f) mse %.4f lr %.2e (%.0f s)",
+                step,
+                loss.item(),
+                sum(recent) / len(recent),
+                per.mean().item(),
+                lr,
+                clock.spent,
+            )
+        if clock.due() or step == cfg.unet_steps:
+            save_state(
+                run / "unet_state.pt",
+                {
+                    "model": both.state_dict(),
+                    "opt": opt.state_dict(),
+                    "ema": ema.shadow,
+                    "step": step,
+                    "spent": clock.spent,
+                },
+            )
+    save_state(run / "unet_final.pt", {"ema": ema.shadow, "spent": clock.spent, "steps": step})
+
+
+def write_config(run: Path, cfg: Config) -> None:
+    """Record the run's hyper-parameters (``config.json``)."""
+    (run / "config.json").write_text(json.dumps(cfg.__dict__, indent=2) + "\n")
