@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from stableserve.api.deps import app_state, authenticate, read_json
-from stableserve.api.openapi_doc import inline_schema
+from stableserve.api.openapi_doc import inline_schema, json_body
 from stableserve.api.rest_v1 import convert
 from stableserve.api.rest_v1.schemas import Error, GenerationResponse, TextToImageRequestBody
 from stableserve.core.types import GenerationRequest
@@ -157,12 +157,7 @@ def add_job_routes(router: APIRouter, flavor: str) -> None:
         response_model=Quote,
         responses=errors,
         summary="Price of a generation (stableserve extension)",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": inline_schema(TextToImageRequestBody)}},
-            }
-        },
+        openapi_extra=json_body(TextToImageRequestBody),
     )
     async def price(engine_id: str, request: Request) -> Quote:
         """The credits a text-to-image request with this body would reserve (also the price of

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from stableserve.api.deps import app_state, authenticate, read_form, read_json
-from stableserve.api.openapi_doc import inline_schema
+from stableserve.api.openapi_doc import inline_schema, json_body
 from stableserve.api.rest_v1 import convert, jobs
 from stableserve.api.rest_v1.capabilities import add_capability_routes
 from stableserve.api.rest_v1.schemas import (
@@ -144,12 +144,7 @@ def build_router(flavor: Flavor) -> APIRouter:
         "/generation/{engine_id}/text-to-image",
         responses=image_200,
         summary="Text-to-image",
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": inline_schema(TextToImageRequestBody)}},
-            }
-        },
+        openapi_extra=json_body(TextToImageRequestBody),
     )
     async def text_to_image(engine_id: str, request: Request) -> Response:
         """Generate images from text prompts (JSON body)."""
