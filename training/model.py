@@ -6,14 +6,15 @@ Same classes and folder layout as ``stable-diffusion-v1-5`` (``model_index.json`
 pipelines) load it with no special code. What differs from SD 1.5, for a model that trains on
 two CPU cores:
 
-- ``AutoencoderKL`` with six levels (``vae_scale_factor`` = 2**5 = 32 instead of 8): a 512x512
-  image is a 16x16x4 latent. No attention in its mid-block (``mid_block_add_attention=False``),
-  so it is fully convolutional and trains on crops. Widths 8..128 instead of 128..512, and
-  GroupNorm with 2 groups (4 channels per group at the top level, as SD's 128 channels / 32
+- ``AutoencoderKL`` with five levels (``vae_scale_factor`` = 2**4 = 16 instead of 8): a 512x512
+  image is a 32x32x4 latent. No attention in its mid-block (``mid_block_add_attention=False``),
+  so it is fully convolutional and trains on crops. Widths 16..128 instead of 128..512, and
+  GroupNorm with 4 groups (4 channels per group at full resolution, as SD's 128 channels / 32
   groups): one channel per group would erase the colour of flat regions.
-- ``UNet2DConditionModel`` with three levels (16, 8, 4 latent pixels at 512x512), cross-attention
-  on the first two and in the mid-block (SD 1.5: four levels, attention on three), widths
-  64/128/192 instead of 320/640/1280/1280, ``cross_attention_dim`` 128 instead of 768.
+- ``UNet2DConditionModel`` with three levels (32, 16, 8 latent pixels at 512x512),
+  cross-attention on the two lower levels and in the mid-block (SD 1.5: four levels, attention
+  on the upper three; self-attention over 1024 tokens is what costs most on a CPU), widths
+  64/128/128 instead of 320/640/1280/1280, ``cross_attention_dim`` 128 instead of 768.
 - ``CLIPTextModel``: 2 layers of width 128 instead of 12 of 768, over a small byte-level BPE
   vocabulary learned from the caption words (:func:`vocabulary`), CLIP's 77-token context.
 - Noise scheduler: SD 1.5's ``PNDMScheduler`` config verbatim (scaled-linear betas
@@ -29,18 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from stableserve.inference.demo_tokenizers import (
-    _PROMPT_WORDS,
     BOS_TOKEN,
     EOS_TOKEN,
     MAX_TOKENS,
-    _bytes_to_unicode,
-    _learn_merges,
+    PROMPT_WORDS,
+    bytes_to_unicode,
+    learn_merges,
 )
 from training import data
 
 LATENT_CHANNELS = 4
-VAE_BLOCKS = 6
-VAE_SCALE_FACTOR = 2 ** (VAE_BLOCKS - 1)
+VAE_WIDTHS = (16, 32, 64, 128, 128)
+"""Channels of the VAE's levels, full resolution first (SD 1.5: 128, 256, 512, 512)."""
+VAE_GROUPS = 4
+"""GroupNorm groups of the VAE (4 channels per group at full resolution, as SD's 128 / 32)."""
+VAE_SCALE_FACTOR = 2 ** (len(VAE_WIDTHS) - 1)
 """Pixels per latent pixel along each side (diffusers: ``2 ** (len(block_out_channels) - 1)``)."""
 
 CAPTION_WORDS = sorted(
@@ -77,9 +81,9 @@ def vocabulary() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     words of ``stableserve.inference.demo_tokenizers`` (same algorithm and id layout: 256 byte
     symbols, the same with ``</w>``, one id per merge, then ``<|startoftext|>``,
     ``<|endoftext|>``)."""
-    alphabet = _bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     symbols = list(alphabet.values())
-    merges = _learn_merges(sorted(set(CAPTION_WORDS) | set(_PROMPT_WORDS)), alphabet)
+    merges = learn_merges(sorted(set(CAPTION_WORDS) | set(PROMPT_WORDS)), alphabet)
     vocab: dict[str, int] = {}
     for tok in symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges] + [BOS_TOKEN, EOS_TOKEN]:
         vocab.setdefault(tok, len(vocab))
@@ -122,11 +126,10 @@ def text_encoder():
     return CLIPTextModel(config)
 
 
-VAE_WIDTHS = (8, 16, 32, 64, 128, 128)
-
-
-def vae(scaling_factor: float = 1.0):
-    """A randomly initialised ``AutoencoderKL``: 6 levels (factor 32), 4 latent channels.
+def vae(scaling_factor: float = 1.0, widths: tuple[int, ...] = VAE_WIDTHS, groups: int = VAE_GROUPS):
+    """A randomly initialised ``AutoencoderKL``: ``len(widths)`` levels (factor
+    ``2 ** (len(widths) - 1)``, 16 by default), 4 latent channels, GroupNorm with ``groups``
+    groups (must divide every width).
 
     ``scaling_factor`` is set after training to 1 / std of the latents (SD 1.5: 0.18215).
     """
@@ -135,12 +138,12 @@ def vae(scaling_factor: float = 1.0):
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * VAE_BLOCKS,
-        up_block_types=("UpDecoderBlock2D",) * VAE_BLOCKS,
-        block_out_channels=VAE_WIDTHS,
+        down_block_types=("DownEncoderBlock2D",) * len(widths),
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        block_out_channels=tuple(widths),
         layers_per_block=1,
         latent_channels=LATENT_CHANNELS,
-        norm_num_groups=2,
+        norm_num_groups=groups,
         sample_size=512,
         scaling_factor=scaling_factor,
         mid_block_add_attention=False,
@@ -148,23 +151,37 @@ def vae(scaling_factor: float = 1.0):
 
 
 UNET_WIDTHS = (64, 128, 128)
+UNET_ATTENTION = "low"
+"""Where the UNet has cross-attention: ``"low"`` on the two lower levels (16x16 and 8x8 latent
+pixels at 512x512) and the mid-block, ``"all"`` on the two upper levels (32x32 and 16x16)."""
 
 
-def unet(in_channels: int = LATENT_CHANNELS):
-    """A randomly initialised ``UNet2DConditionModel`` for 16x16 latents (512x512 images).
+def unet(
+    in_channels: int = LATENT_CHANNELS, widths: tuple[int, ...] = UNET_WIDTHS, attention: str = UNET_ATTENTION
+):
+    """A randomly initialised ``UNet2DConditionModel`` for 32x32 latents (512x512 images).
 
-    ``in_channels`` 9 gives the inpainting layout (latents + mask + masked-image latents).
+    ``in_channels`` 9 gives the inpainting layout (latents + mask + masked-image latents);
+    ``attention``: see :data:`UNET_ATTENTION` (``ValueError`` for another value).
     """
     from diffusers import UNet2DConditionModel
 
+    if attention == "low":
+        down = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+        up = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    elif attention == "all":
+        down = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+        up = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    else:
+        raise ValueError(f"attention must be 'low' or 'all', not {attention!r}")
     return UNet2DConditionModel(
         sample_size=512 // VAE_SCALE_FACTOR,
         in_channels=in_channels,
         out_channels=LATENT_CHANNELS,
-        block_out_channels=UNET_WIDTHS,
+        block_out_channels=tuple(widths),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=TEXT_WIDTH,
         attention_head_dim=8,
         norm_num_groups=32,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +30,19 @@ class Config:
     """Hyper-parameters of one run (all recorded in ``config.json`` of the run directory)."""
 
     seed: int = 0
+    vae_widths: str = ",".join(map(str, model.VAE_WIDTHS))
+    vae_groups: int = model.VAE_GROUPS
+    unet_widths: str = ",".join(map(str, model.UNET_WIDTHS))
+    unet_attention: str = model.UNET_ATTENTION
     vae_steps: int = 4000
     vae_batch: int = 6
-    vae_crop: int = 96
+    vae_crop: int = 128
     vae_pool: int = 300
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    num_latents: int = 4000
+    num_latents: int = 10000
     buckets: str = "512x512:8,512x768:1,768x512:1"
-    unet_steps: int = 4000
+    unet_steps: int = 5000
     unet_batch: int = 32
     unet_lr: float = 3e-4
     cfg_dropout: float = 0.1
@@ -44,6 +50,16 @@ class Config:
     snr_gamma: float = 5.0
     ema_decay: float = 0.999
     checkpoint_minutes: float = 5.0
+
+    def make_vae(self, scaling_factor: float = 1.0):
+        """The run's ``AutoencoderKL`` (:func:`training.model.vae` with its widths and groups)."""
+        widths = tuple(int(w) for w in self.vae_widths.split(","))
+        return model.vae(scaling_factor, widths=widths, groups=self.vae_groups)
+
+    def make_unet(self):
+        """The run's ``UNet2DConditionModel`` (:func:`training.model.unet`)."""
+        widths = tuple(int(w) for w in self.unet_widths.split(","))
+        return model.unet(widths=widths, attention=self.unet_attention)
 
     def bucket_list(self) -> list[tuple[int, int, int]]:
         """``[(width, height, weight), ...]`` parsed from :attr:`buckets`."""
@@ -93,7 +109,7 @@ def train_vae(run: Path, cfg: Config, device: torch.device) -> None:
     if (run / "vae_final.pt").exists():
         return
     torch.manual_seed(cfg.seed)
-    vae = model.vae().to(device)
+    vae = cfg.make_vae().to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     with torch.no_grad():  # posterior std starts at exp(-3) ~ 0.05 everywhere (log-variance rows)
         vae.encoder.conv_out.weight[model.LATENT_CHANNELS :] = 0.0
@@ -172,30 +188,33 @@ def encode_latents(run: Path, cfg: Config, device: torch.device) -> None:
     the posterior means of the trained VAE in ``latents.pt`` with their captions."""
     if (run / "latents.pt").exists():
         return
-    vae = model.vae().to(device).eval()
+    vae = cfg.make_vae().to(device).eval()
     vae.load_state_dict(load_state(run / "vae_final.pt")["model"])
     state = load_state(run / "latents_state.pt") or {"latents": {}, "captions": {}, "done": 0, "spent": 0.0}
     clock = Clock(state["spent"], cfg.checkpoint_minutes)
     buckets = cfg.bucket_list()
-    batch = 8
-    for start in range(state["done"], cfg.num_latents, batch):
-        idx = range(start, min(start + batch, cfg.num_latents))
-        by_size: dict[tuple[int, int], list] = {}
-        for i in idx:
-            by_size.setdefault(_bucket_of(i, buckets), []).append(
-                data.training_scene(i, *_bucket_of(i, buckets))
-            )
-        for (w, h), scenes in by_size.items():
-            x = torch.stack([_to_tensor(data.render(s)) for s in scenes]).to(device)
-            z = vae.encode(x).latent_dist.mean.cpu().half()
-            key = f"{w}x{h}"
-            state["latents"].setdefault(key, []).append(z)
-            state["captions"].setdefault(key, []).extend(s.caption for s in scenes)
-        state["done"] = idx.stop
-        if clock.due():
-            state["spent"] = clock.spent
-            save_state(run / "latents_state.pt", state)
-            log.info("latents: %d / %d (%.0f s)", state["done"], cfg.num_latents, clock.spent)
+    chunk = 256
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for start in range(state["done"], cfg.num_latents, chunk):
+            idx = list(range(start, min(start + chunk, cfg.num_latents)))
+            scenes = [data.training_scene(i, *_bucket_of(i, buckets)) for i in idx]
+            images = list(pool.map(data.render, scenes, chunksize=8))
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for j, s in enumerate(scenes):
+                by_size.setdefault((s.width, s.height), []).append(j)
+            for (w, h), js in by_size.items():
+                for b in range(0, len(js), 16):
+                    part = js[b : b + 16]
+                    x = torch.stack([_to_tensor(images[j]) for j in part]).to(device)
+                    z = vae.encode(x).latent_dist.mean.cpu().half()
+                    key = f"{w}x{h}"
+                    state["latents"].setdefault(key, []).append(z)
+                    state["captions"].setdefault(key, []).extend(scenes[j].caption for j in part)
+            state["done"] = idx[-1] + 1
+            if clock.due():
+                state["spent"] = clock.spent
+                save_state(run / "latents_state.pt", state)
+                log.info("latents: %d / %d (%.0f s)", state["done"], cfg.num_latents, clock.spent)
     latents = {k: torch.cat(v) for k, v in state["latents"].items()}
     flat = torch.cat([v.float().flatten() for v in latents.values()])
     scaling = 1.0 / flat.std().item()
@@ -242,7 +261,7 @@ def train_unet(run: Path, cfg: Config, device: torch.device) -> None:
     weights = torch.tensor([float(len(latents[k])) for k in keys])
 
     torch.manual_seed(cfg.seed + 1)
-    unet, text = model.unet().to(device), model.text_encoder().to(device)
+    unet, text = cfg.make_unet().to(device), model.text_encoder().to(device)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
     both = torch.nn.ModuleDict({"unet": unet, "text": text})

@@ -39,10 +39,11 @@ def export(run: Path, out: Path, *, dtype: torch.dtype = torch.float16) -> Path:
     Returns ``out``. The VAE's ``scaling_factor`` is the one measured on the latent cache.
     """
     cache = load_state(run / "latents.pt")
-    vae = model.vae(scaling_factor=round(cache["scaling_factor"], 5))
+    cfg = Config(**json.loads((run / "config.json").read_text()))
+    vae = cfg.make_vae(scaling_factor=round(cache["scaling_factor"], 5))
     vae.load_state_dict(load_state(run / "vae_final.pt")["model"])
     final = load_state(run / "unet_final.pt") or load_state(run / "unet_state.pt")
-    both = torch.nn.ModuleDict({"unet": model.unet(), "text": model.text_encoder()})
+    both = torch.nn.ModuleDict({"unet": cfg.make_unet(), "text": model.text_encoder()})
     both.load_state_dict(final["ema"])
     pipe = model.pipeline(vae, both["text"], both["unet"])
     pipe.to(dtype=dtype)
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="export folder (default <run-dir>/model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--until", choices=("vae", "latents", "unet"), default="unet", help="stop after this stage"
+    )
     for f in fields(Config):
         parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
@@ -90,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     log.info("run %s on %s: %s", run, device, cfg)
     t0 = time.monotonic()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     train_vae(run, cfg, device)
+    if args.until == "vae":
+        return 0
     encode_latents(run, cfg, device)
+    if args.until == "latents":
+        return 0
     train_unet(run, cfg, device)
     log.info("exported %s (this invocation %.0f s)", export(run, out), time.monotonic() - t0)
     return 0

@@ -16,18 +16,18 @@ def test_caption_words_are_single_tokens():
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
 
 
-def test_untrained_pipeline_round_trips_and_sizes_latents_by_32(tmp_path):
+def test_untrained_pipeline_round_trips_and_sizes_latents_by_16(tmp_path):
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     torch.manual_seed(0)
     pipe = model.pipeline(model.vae(0.5), model.text_encoder(), model.unet())
     pipe.save_pretrained(tmp_path, safe_serialization=True)
     loaded = StableDiffusionPipeline.from_pretrained(tmp_path)
-    assert loaded.vae_scale_factor == model.VAE_SCALE_FACTOR == 32
+    assert loaded.vae_scale_factor == model.VAE_SCALE_FACTOR == 16
     assert loaded.unet.config.sample_size * loaded.vae_scale_factor == 512
     loaded.set_progress_bar_config(disable=True)
     out = loaded("a red circle", num_inference_steps=1, width=512, height=768, output_type="latent")
-    assert out.images.shape == (1, 4, 24, 16)
+    assert out.images.shape == (1, 4, 48, 32)
     inpaint = StableDiffusionInpaintPipeline(**loaded.components)
     inpaint.set_progress_bar_config(disable=True)
     image = data.render(data.make_scene(2, 256, 256))

@@ -24,6 +24,7 @@ from stableserve.inference.demo import (
     build_demo_pipeline,
     ensure_demo_pipeline,
 )
+from stableserve.inference.demo_shapes import SHAPES_FAMILIES
 from stableserve.inference.spandrel_compat import TORCHVISION_MISSING, import_spandrel
 
 PROMPT = "a lighthouse on a cliff"
@@ -77,7 +78,7 @@ def test_diffusers_family_builds_loads_and_generates(family: Family, demo_root: 
         out = pipe(image=_image(32), **common).images[0]
         assert out.size == (128, 128)
         return
-    assert pipe.vae_scale_factor == 8
+    assert pipe.vae_scale_factor == (16 if family in SHAPES_FAMILIES else 8)
     if family == Family.INPAINT:
         mask = Image.new("L", (128, 128), 0)
         mask.paste(255, (32, 32, 96, 96))
@@ -101,7 +102,9 @@ def test_pipeline_configs_match_their_families(demo_root: Path) -> None:
     assert sd3.scheduler.config.shift == 3.0
     assert sd3.vae.config.latent_channels == 16
     inpaint = _load(ensure_demo_pipeline(Family.INPAINT, demo_root))
-    assert inpaint.unet.config.in_channels == 9
+    # the shapes model's 4-channel UNet: the pipeline blends the mask in latent space
+    assert inpaint.unet.config.in_channels == 4
+    assert inpaint.unet.config.sample_size * inpaint.vae_scale_factor == 512
 
 
 def test_esrgan_builds_and_loads_with_spandrel(demo_root: Path) -> None:

@@ -1,5 +1,9 @@
 """Tiny offline "demo" pipelines, one per engine family, built locally on first use.
 
+The SD 1.x and inpainting families are the exception: their demo pipelines are the trained
+"shapes" model shipped as package data (``inference.demo_shapes``), so offline their images
+mean something (coloured shapes as the prompt describes). For every other family:
+
 Each demo pipeline uses the REAL diffusers / transformers / spandrel classes of its family
 (``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusion3Pipeline``,
 ``StableDiffusionInpaintPipeline``, ``StableDiffusionUpscalePipeline``, spandrel's RRDBNet) with
@@ -51,6 +55,7 @@ import torch
 
 from stableserve.core.engines import Family
 from stableserve.inference.demo_segmentation import build_demo_clipseg, build_demo_vitmatte
+from stableserve.inference.demo_shapes import SHAPES_FAMILIES, build_shapes_pipeline
 from stableserve.inference.demo_tokenizers import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -66,7 +71,7 @@ try:  # POSIX; elsewhere ensure_demo_pipeline relies on the atomic rename alone
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 """Version of the demo configurations; part of the cache folder name (bump on any change)."""
 
 ESRGAN_WEIGHTS = "model.safetensors"
@@ -471,7 +476,8 @@ def build_demo_pipeline(family: Family, dest: Path, *, scale: int | None = None)
 
     Diffusers families: ``save_pretrained`` writes a diffusers folder (``model_index.json``,
     one sub-folder per component, safetensors weights, float32) loadable with
-    ``DiffusionPipeline.from_pretrained(dest)``. ``UPSCALER_ESRGAN``: a single
+    ``DiffusionPipeline.from_pretrained(dest)``; ``SD1`` and ``INPAINT`` are the shipped shapes
+    model (``inference.demo_shapes.build_shapes_pipeline``), not random weights. ``UPSCALER_ESRGAN``: a single
     ``dest/model.safetensors`` holding a Real-ESRGAN RRDBNet state dict that
     ``spandrel.ModelLoader().load_from_file`` detects as ESRGAN of scale ``scale``: None or 2
     gives the x2plus-style network, 4 the x4plus-style one (``esrgan_demo_model``).
@@ -489,6 +495,10 @@ def build_demo_pipeline(family: Family, dest: Path, *, scale: int | None = None)
         seeds = _Seeds(_ESRGAN_X4_SEED if x4 else _SEEDS[family])
         if family == Family.UPSCALER_ESRGAN:
             _build_esrgan(dest, seeds, 4 if x4 else 2)
+            return
+        if family in SHAPES_FAMILIES:
+            with _quiet_progress_bars():
+                build_shapes_pipeline(family, dest)
             return
         builder = _PIPELINE_BUILDERS.get(family)
         if builder is None:  # pragma: no cover - every Family member is mapped

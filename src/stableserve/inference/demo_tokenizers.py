@@ -39,11 +39,11 @@ trending quality best masterpiece ultra high resolution 4k 8k hdr bokeh lens wid
 blurry ugly deformed bad low worst extra missing text watermark signature cropped
 vibrant soft warm cold old new small large big tiny giant little happy sad cute
 """
-_PROMPT_WORDS = _PROMPT_TEXT.split()
+PROMPT_WORDS = _PROMPT_TEXT.split()
 
 
 @lru_cache(maxsize=1)
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """CLIP/GPT-2's reversible map from the 256 byte values to printable unicode characters."""
     bs = (
         list(range(ord("!"), ord("~") + 1))
@@ -60,7 +60,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
-def _learn_merges(words: list[str], alphabet: dict[int, str]) -> list[tuple[str, str]]:
+def learn_merges(words: list[str], alphabet: dict[int, str]) -> list[tuple[str, str]]:
     """Classic BPE training on ``words`` (each counted once), deterministic: the most frequent
     adjacent pair is merged first, ties broken by the pair's lexicographic order; stops when
     every word is one symbol."""
@@ -99,10 +99,10 @@ def demo_vocabulary() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     ``</w>``, then one token per merge in merge order, then ``<|startoftext|>`` and
     ``<|endoftext|>`` (the last id), the layout of OpenAI CLIP's ``vocab.json``.
     """
-    alphabet = _bytes_to_unicode()
+    alphabet = bytes_to_unicode()
     symbols = list(alphabet.values())
     vocab_list = symbols + [s + "</w>" for s in symbols]
-    merges = _learn_merges(_PROMPT_WORDS, alphabet)
+    merges = learn_merges(PROMPT_WORDS, alphabet)
     vocab_list += [a + b for a, b in merges]
     vocab_list += [BOS_TOKEN, EOS_TOKEN]
     vocab: dict[str, int] = {}
@@ -152,7 +152,7 @@ def demo_t5_vocabulary() -> list[tuple[str, float]]:
     import string
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [("\u2581" + w, -5.0) for w in sorted(set(_PROMPT_WORDS))]
+    vocab += [("\u2581" + w, -5.0) for w in sorted(set(PROMPT_WORDS))]
     vocab += [
         (c, -10.0)
         for c in string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
