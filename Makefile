@@ -30,10 +30,10 @@ run: $(STAMP)
 	$(BIN)/stableserve dev-setup --port $(PORT)
 	$(BIN)/stableserve serve --engines demo --port $(PORT)
 
-# Offline, without the server: one image through the runner.
+# Offline, without the server: one image through the runner (the shapes model).
 generate: $(STAMP)
-	$(BIN)/stableserve generate "A lighthouse on a cliff at sunset" --engine stable-diffusion-v1-5 \
-		--seed 42 --steps 20 -o out/lighthouse.png
+	$(BIN)/stableserve generate "a large red circle on the left on a blue background" \
+		--engine stable-diffusion-v1-5 --seed 42 --steps 30 -o out/shapes.png
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks training

@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         t2i.append(checker.check_scene(np.asarray(im), s))
         if i < 16:
             shown.append(im)
+        if (i + 1) % 10 == 0:
+            print(f"text-to-image {i + 1}/{len(scenes)} ({np.median(times):.1f} s each)", flush=True)
     metrics: dict = {
         "text_to_image": _rates(t2i) | {"count": len(scenes), "median_seconds": float(np.median(times))}
     }
@@ -142,9 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
     i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
     inp = StableDiffusionInpaintPipeline(**pipe.components)
+    for p in (i2i, inp):
+        p.set_progress_bar_config(disable=True)
     rng = random.Random(0)
     ssims, follow, inside, outside, raw_outside = [], [], [], [], []
     for i, s in enumerate(scenes[: args.edit_count]):
+        if i % 10 == 0:
+            print(f"edits {i}/{args.edit_count}", flush=True)
         src = data.render(s)
         low = i2i(
             s.caption,

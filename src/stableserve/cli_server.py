@@ -280,7 +280,7 @@ def dev_setup(
         "Try it:\n"
         f"  curl -sS -X POST http://127.0.0.1:{port}/v1/generation/stable-diffusion-v1-5/text-to-image "
         '-H "Authorization: Bearer $STABILITY_API_KEY" -H "Content-Type: application/json" '
-        '-H "Accept: image/png" -d \'{"text_prompts": [{"text": "A lighthouse on a cliff"}], '
-        '"steps": 20}\' -o lighthouse.png',
+        '-H "Accept: image/png" -d \'{"text_prompts": [{"text": '
+        '"a large red circle on the left on a blue background"}], "steps": 30}\' -o shapes.png',
         highlight=False,
     )

@@ -50,7 +50,7 @@ def build_shapes_pipeline(family: Family, dest: Path) -> None:
     import torch
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_MODEL, torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_MODEL, dtype=torch.float32)
     if family == Family.INPAINT:
         pipe = StableDiffusionInpaintPipeline(**pipe.components)
     pipe.save_pretrained(str(dest), safe_serialization=True)
