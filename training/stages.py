@@ -40,11 +40,11 @@ class Config:
     vae_pool: int = 300
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    num_latents: int = 10000
+    num_latents: int = 12000
     buckets: str = "512x512:8,512x768:1,768x512:1"
-    unet_steps: int = 5000
-    unet_batch: int = 32
-    unet_lr: float = 3e-4
+    unet_steps: int = 3000
+    unet_batch: int = 128
+    unet_lr: float = 5e-4
     cfg_dropout: float = 0.1
     offset_noise: float = 0.05
     snr_gamma: float = 5.0
