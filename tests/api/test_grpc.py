@@ -102,7 +102,7 @@ def test_credits_are_charged_exactly_as_rest_charges_the_same_work(grpc_app, mak
     via_grpc, via_rest = make_account(100), make_account(100)
     with channel(grpc_app, via_grpc.key) as ch:
         stub = generation_pb2_grpc.GenerationServiceStub(ch)
-        list(stub.Generate(request(height=128, width=192, steps=40, samples=2)))
+        list(stub.Generate(request(height=128, width=192, steps=10, samples=2)))
     r = grpc_app[0].post(
         "/v1/generation/stable-diffusion-v1-5/text-to-image",
         headers={"Authorization": f"Bearer {via_rest.key}"},
@@ -110,7 +110,7 @@ def test_credits_are_charged_exactly_as_rest_charges_the_same_work(grpc_app, mak
             "text_prompts": [{"text": "a lighthouse"}],
             "height": 128,
             "width": 192,
-            "steps": 40,
+            "steps": 10,
             "samples": 2,
         },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
+
+from stableserve.cli_certs import DevCerts, write_dev_certs
 
 
 def free_port() -> int:
@@ -112,3 +116,108 @@ def running_server(
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def port_ending_in_443() -> int:
+    """A free 127.0.0.1 port whose number ends in 443 (18443, 28443, ...)."""
+    for port in (18443, 28443, 38443, 48443, 58443, 19443, 29443, 39443, 49443, 59443, 8443, 9443):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port ending in 443 on 127.0.0.1")
+
+
+def wait_for_tls(port: int, ca: Path, timeout_s: float = 60) -> None:
+    """Wait until ``localhost:port`` completes a TLS handshake (ALPN h2) verified by ``ca``."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="localhost") as tls,
+            ):
+                assert tls.selected_alpn_protocol() == "h2", tls.selected_alpn_protocol()
+                return
+        except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@dataclass
+class SharedServer(Server):
+    """A ``demo_server``: its ``executor``, gRPC over TLS on ``grpc_port`` (a port ending in
+    443, the dev ``certs``) and plaintext on ``grpc_insecure_port`` acting for the org ``e2e``."""
+
+    executor: str
+    grpc_port: int
+    grpc_insecure_port: int
+    certs: DevCerts
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on ``shared_server`` last among the e2e tests (their order kept: every local
+    one, then every Ray one), so no other e2e test runs beside an idle Ray cluster."""
+    here = Path(__file__).parent
+    at = [i for i, item in enumerate(items) if here in item.path.parents]
+    mine = sorted((items[i] for i in at), key=lambda item: "shared_server" in item.fixturenames)  # stable
+    for i, item in zip(at, mine, strict=True):
+        items[i] = item
+
+
+@contextlib.contextmanager
+def demo_server(home: Path, demo_dir: Path, executor: str) -> Iterator[SharedServer]:
+    """``stableserve serve`` for the suites that run on both executors: the demo registry as
+    shipped but for the conservative upscale, which aims at 0.25 MP instead of 4 MP (a 4 MP
+    x4-upscaler pass takes minutes on a CPU), written to a registry file and served from it;
+    gRPC over TLS (dev certificates) and plaintext; an org ``e2e`` with plenty of credits
+    (the suites check balances as differences)."""
+    from stableserve.core.engines import load_registry
+
+    reg = load_registry("demo")
+    body = reg.model_dump(mode="json", exclude={"origin"})
+    body["products"]["upscale-conservative"]["output_pixels"] = 512 * 512
+    (home / "engines.yaml").write_text(yaml.safe_dump(body))
+    certs = write_dev_certs(home / "certs")
+    port = port_ending_in_443()
+    insecure_port = free_port()
+    while str(insecure_port).endswith("443"):
+        insecure_port = free_port()
+    args = [
+        "--grpc-port", str(port),
+        "--grpc-tls-cert", str(certs.server),
+        "--grpc-tls-key", str(certs.server_key),
+        "--grpc-insecure-port", str(insecure_port),
+        "--grpc-insecure-org", "e2e",
+    ]  # fmt: skip
+    # Ray: every family of the demo registry may get a replica (11), so an eighth of a CPU
+    # each (still one thread) lets them all fit on 2 cores.
+    extra_env = {"STABLESERVE_RAY__NUM_CPUS_PER_REPLICA": "0.125"} if executor == "ray" else None
+    with running_server(
+        home,
+        demo_dir,
+        credits=100_000,
+        engines=str(home / "engines.yaml"),
+        serve_args=args,
+        extra_env=extra_env,
+        executor=executor,
+    ) as srv:
+        wait_for_tls(port, certs.ca)
+        yield SharedServer(srv.host, srv.key, srv.home, srv.env, executor, port, insecure_port, certs)
+
+
+@pytest.fixture(scope="package", params=list(EXECUTORS))
+def shared_server(request, tmp_path_factory, stableserve_home) -> Iterator[SharedServer]:
+    """One ``demo_server`` per executor (local worker processes, Ray Serve) shared by the
+    suites that run on both (``test_server_v1``, ``test_server_v2beta``, ``test_openai_client``,
+    ``test_grpc_sdk``): starting a server, above all a Ray one deploying every family, is what
+    those suites spent most of their time on."""
+    home = tmp_path_factory.mktemp(f"e2e-shared-{request.param}")
+    with demo_server(home, stableserve_home / "demo", request.param) as srv:
+        yield srv

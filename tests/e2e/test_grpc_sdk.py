@@ -19,11 +19,8 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import socket
-import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +28,8 @@ import pytest
 import requests
 from PIL import Image
 
-from stableserve.cli_certs import DevCerts, write_dev_certs
-from tests.e2e.conftest import EXECUTORS, Server, free_port, running_server
+from stableserve.cli_certs import DevCerts
+from tests.e2e.conftest import Server
 from tests.e2e.sdk_venv import SDK_SPEC, SdkUnavailable, clean_env, ensure_sdk_venv, sdk_venv_dir
 
 SAMPLES = Path(__file__).parent / "sdk_samples"
@@ -95,37 +92,6 @@ class GrpcServer:
         return [(base64.b64decode(a["base64"]), a["seed"]) for a in r.json()["artifacts"]]
 
 
-def _port_ending_in_443() -> int:
-    """A free 127.0.0.1 port whose number ends in 443 (18443, 28443, ...)."""
-    for port in (18443, 28443, 38443, 48443, 58443, 19443, 29443, 39443, 49443, 59443, 8443, 9443):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail("no free port ending in 443 on 127.0.0.1")
-
-
-def _wait_for_tls(port: int, ca: Path, timeout_s: float = 60) -> None:
-    """Wait until ``localhost:port`` completes a TLS handshake (ALPN h2) verified by ``ca``."""
-    context = ssl.create_default_context(cafile=str(ca))
-    context.set_alpn_protocols(["h2"])
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            with (
-                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-                context.wrap_socket(raw, server_hostname="localhost") as tls,
-            ):
-                assert tls.selected_alpn_protocol() == "h2", tls.selected_alpn_protocol()
-                return
-        except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
-            if time.time() > deadline:
-                raise
-            time.sleep(0.3)
-
-
 def _pixels(data: bytes | Path) -> tuple[tuple[int, int], bytes]:
     img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     img.load()
@@ -144,28 +110,13 @@ def sdk_python() -> Path:
     return python
 
 
-@pytest.fixture(scope="module", params=list(EXECUTORS))
-def grpc_server(request, tmp_path_factory, stableserve_home, sdk_python) -> Iterator[GrpcServer]:
-    """``stableserve serve`` with gRPC over TLS on a port ending in 443 (dev certificates) and
-    an insecure port acting for the test organization ``e2e``, once with each executor."""
-    home = tmp_path_factory.mktemp("grpc-home")
-    certs = write_dev_certs(home / "certs")
-    port = _port_ending_in_443()
-    insecure_port = free_port()
-    while str(insecure_port).endswith("443"):
-        insecure_port = free_port()
-    args = [
-        "--grpc-port", str(port),
-        "--grpc-tls-cert", str(certs.server),
-        "--grpc-tls-key", str(certs.server_key),
-        "--grpc-insecure-port", str(insecure_port),
-        "--grpc-insecure-org", "e2e",
-    ]  # fmt: skip
-    with running_server(
-        home, stableserve_home / "demo", credits=1000, serve_args=args, executor=request.param
-    ) as srv:
-        _wait_for_tls(port, certs.ca)
-        yield GrpcServer(srv, port, insecure_port, certs, sdk_python)
+@pytest.fixture(scope="module")
+def grpc_server(shared_server, sdk_python) -> GrpcServer:
+    """The e2e server (``shared_server``, once with each executor) with gRPC over TLS on a
+    port ending in 443 (dev certificates) and an insecure port acting for the test
+    organization ``e2e``."""
+    srv = shared_server
+    return GrpcServer(srv, srv.grpc_port, srv.grpc_insecure_port, srv.certs, sdk_python)
 
 
 @pytest.fixture
@@ -336,7 +287,7 @@ def test_sdk_command_line(grpc_server, work):
             work,
             "-m", "stability_sdk", "generate",
             "-e", "stable-diffusion-v1-5", "-W", "512", "-H", "512",
-            "-s", "40", "-S", "7", "-n", "2", "-A", "k_euler",
+            "-s", "10", "-S", "7", "-n", "2", "-A", "k_euler",
             prompt,
         ),  # fmt: skip
     )
@@ -350,7 +301,7 @@ def test_sdk_command_line(grpc_server, work):
             json={
                 "text_prompts": [{"text": prompt}],
                 "seed": 7,
-                "steps": 40,
+                "steps": 10,
                 "width": 512,
                 "height": 512,
                 "samples": 2,

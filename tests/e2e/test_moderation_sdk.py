@@ -19,9 +19,8 @@ import pytest
 import requests
 
 from stableserve.cli_certs import write_dev_certs
-from tests.e2e.conftest import cli, free_port, running_server
+from tests.e2e.conftest import cli, free_port, port_ending_in_443, running_server, wait_for_tls
 from tests.e2e.sdk_venv import SDK_SPEC, SdkUnavailable, clean_env, ensure_sdk_venv
-from tests.e2e.test_grpc_sdk import _port_ending_in_443, _wait_for_tls
 
 CONTEXT_SCRIPT = """
 import sys
@@ -75,7 +74,7 @@ def test_stability_sdk_sees_a_refused_prompt_as_classifier_exception(tmp_path, s
     home = tmp_path / "home"
     home.mkdir()
     certs = write_dev_certs(home / "certs")
-    port, insecure = _port_ending_in_443(), free_port()
+    port, insecure = port_ending_in_443(), free_port()
     args = [
         "--grpc-port", str(port),
         "--grpc-tls-cert", str(certs.server),
@@ -85,7 +84,7 @@ def test_stability_sdk_sees_a_refused_prompt_as_classifier_exception(tmp_path, s
     ]  # fmt: skip
     env = {"STABLESERVE_MODERATION__WORDS": '["forbiddenword"]'}
     with running_server(home, stableserve_home / "demo", serve_args=args, extra_env=env) as srv:
-        _wait_for_tls(port, certs.ca)
+        wait_for_tls(port, certs.ca)
 
         def balance() -> float:
             r = requests.get(

@@ -11,17 +11,13 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.e2e.conftest import EXECUTORS, running_server
-
 openai = pytest.importorskip("openai")
 
 
-@pytest.fixture(scope="module", params=list(EXECUTORS))
-def server(request, tmp_path_factory, stableserve_home):
-    """The server once with each executor (local worker processes, Ray Serve)."""
-    home = tmp_path_factory.mktemp("e2e-openai-home")
-    with running_server(home, stableserve_home / "demo", executor=request.param) as srv:
-        yield srv
+@pytest.fixture(scope="module")
+def server(shared_server):
+    """The e2e server, once with each executor (local worker processes, Ray Serve)."""
+    return shared_server
 
 
 @pytest.fixture(scope="module")

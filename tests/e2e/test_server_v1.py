@@ -1,6 +1,7 @@
 """End to end: ``stableserve serve`` as a subprocess, driven over real HTTP the way Stability's
 official v1 / v1beta / v1alpha example clients (curl and Python ``requests``) drive it: same
-routes, headers, payloads and engines (``API_HOST`` + ``STABILITY_API_KEY``)."""
+routes, headers, payloads and engines (``API_HOST`` + ``STABILITY_API_KEY``), with 10 diffusion
+steps where the examples ask for 30-50 (the demo engines make noise either way)."""
 
 from __future__ import annotations
 
@@ -14,22 +15,18 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.e2e.conftest import EXECUTORS, running_server
 
-
-@pytest.fixture(scope="module", params=list(EXECUTORS))
-def server(request, tmp_path_factory, stableserve_home):
-    """A running server on a fresh data dir, once with each executor (the same suite passes on
+@pytest.fixture(scope="module")
+def server(shared_server, tmp_path_factory):
+    """The e2e server (``shared_server``: once with each executor, the same suite passes on
     local worker processes and on Ray Serve); yields (API_HOST, STABILITY_API_KEY, workdir)."""
-    home = tmp_path_factory.mktemp("e2e-home")
-    with running_server(home, stableserve_home / "demo", executor=request.param) as srv:
-        work = home / "client"
-        (work / "out").mkdir(parents=True)
-        Image.new("RGB", (512, 512), (20, 40, 160)).save(work / "init_image.png")
-        mask = Image.new("L", (512, 512), 0)
-        mask.paste(255, (128, 128, 384, 384))
-        mask.save(work / "mask_image_white.png")
-        yield srv.host, srv.key, work
+    work = tmp_path_factory.mktemp("e2e-v1-client")
+    (work / "out").mkdir(parents=True)
+    Image.new("RGB", (512, 512), (20, 40, 160)).save(work / "init_image.png")
+    mask = Image.new("L", (512, 512), 0)
+    mask.paste(255, (128, 128, 384, 384))
+    mask.save(work / "mask_image_white.png")
+    return shared_server.host, shared_server.key, work
 
 
 def _png(data: bytes) -> Image.Image:
@@ -56,7 +53,7 @@ def test_python_requests_v1_examples(server):
             "height": 512,
             "width": 512,
             "samples": 1,
-            "steps": 30,
+            "steps": 10,
         },
         timeout=300,
     )
@@ -75,7 +72,7 @@ def test_python_requests_v1_examples(server):
                 "cfg_scale": 7,
                 "clip_guidance_preset": "FAST_BLUE",
                 "samples": 1,
-                "steps": 30,
+                "steps": 10,
             },
             timeout=300,
         )
@@ -92,7 +89,7 @@ def test_python_requests_v1_examples(server):
                 "cfg_scale": 7,
                 "clip_guidance_preset": "FAST_BLUE",
                 "samples": 1,
-                "steps": 30,
+                "steps": 10,
             },
             timeout=300,
         )
@@ -124,7 +121,7 @@ def test_python_requests_v1alpha_and_v1beta_examples(server):
             "height": 512,
             "width": 512,
             "samples": 1,
-            "steps": 50,
+            "steps": 10,
             "text_prompts": [{"text": "A lighthouse on a cliff", "weight": 1}],
         },
         headers={"Content-Type": "application/json", "Accept": "image/png", "Authorization": api_key},
@@ -146,7 +143,7 @@ def test_python_requests_v1alpha_and_v1beta_examples(server):
                 "text_prompts[0][weight]": 1,
                 "cfg_scale": 7,
                 "samples": 1,
-                "steps": 30,
+                "steps": 10,
                 "height": 512,
                 "width": 512,
             },
@@ -175,7 +172,7 @@ def test_curl_examples(server):
         f"Authorization: Bearer {api_key}",
         "--data-raw",
         '{"text_prompts": [{"text": "A lighthouse on a cliff"}], "cfg_scale": 7, "clip_guidance_preset": '
-        '"FAST_BLUE", "height": 512, "width": 512, "samples": 1, "steps": 30}',
+        '"FAST_BLUE", "height": 512, "width": 512, "samples": 1, "steps": 10}',
         "-o",
         "out/v1_txt2img.png",
     )
@@ -196,7 +193,7 @@ def test_curl_examples(server):
         'mask_image=@"mask_image_white.png"',
         "-F",
         'options="{\\"mask_source\\": \\"MASK_IMAGE_WHITE\\", \\"cfg_scale\\": 7, \\"samples\\": 1, '
-        '\\"steps\\": 30, \\"text_prompts\\": [{\\"text\\": \\"A galaxy dog\\", \\"weight\\": 1}]}"',
+        '\\"steps\\": 10, \\"text_prompts\\": [{\\"text\\": \\"A galaxy dog\\", \\"weight\\": 1}]}"',
         "-o",
         "out/v1alpha_img2img_masking.png",
     )
@@ -228,8 +225,8 @@ def test_curl_examples(server):
     assert '"name":"unauthorized"' in r.stdout
 
 
-def test_error_id_appears_in_the_server_log(server):
-    api_host, api_key, work = server
+def test_error_id_appears_in_the_server_log(server, shared_server):
+    api_host, api_key, _ = server
     r = requests.post(
         f"{api_host}/v1/generation/stable-diffusion-v1-5/text-to-image",
         headers={"Authorization": f"Bearer {api_key}"},
@@ -238,7 +235,7 @@ def test_error_id_appears_in_the_server_log(server):
     )
     assert r.status_code == 400
     rid = r.json()["id"]
-    log = work.parent / "server.log"
+    log = shared_server.home / "server.log"
     deadline = time.time() + 5
     while rid not in log.read_text() and time.time() < deadline:
         time.sleep(0.1)

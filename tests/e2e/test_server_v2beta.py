@@ -1,7 +1,8 @@
-"""End to end: REST v2beta against ``stableserve serve --engines demo`` (what ``make run`` serves),
-driven by Stability's own Python samples (run unchanged but for host and key) and by
-``requests`` calls covering every endpoint in both accept modes, an oversize upload, a result
-polled by another organization, and an expired result."""
+"""End to end: REST v2beta against ``stableserve serve`` on the demo registry (what ``make run``
+serves, but for a smaller conservative-upscale target: ``shared_server``), driven by
+Stability's own Python samples (run unchanged but for host and key) and by ``requests`` calls
+covering every endpoint in both accept modes, an oversize upload, a result polled by another
+organization, and an expired result."""
 
 from __future__ import annotations
 
@@ -16,42 +17,19 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 from PIL import Image
 
-from tests.e2e.conftest import EXECUTORS, cli, running_server
+from tests.e2e.conftest import cli
 
 SAMPLES = Path(__file__).parent / "v2beta_samples"
 
 
-@pytest.fixture(scope="module", params=list(EXECUTORS))
-def executor(request) -> str:
-    """The suite runs once with each executor (local worker processes, Ray Serve)."""
-    return request.param
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, stableserve_home, executor):
-    """The server ``make run`` starts: the demo registry as shipped."""
-    home = tmp_path_factory.mktemp("e2e-v2-home")
-    with running_server(home, stableserve_home / "demo", executor=executor) as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def quick_server(tmp_path_factory, stableserve_home, executor):
-    """The demo registry with the conservative upscale aiming at 0.25 MP instead of 4 MP (a 4 MP
-    x4-upscaler pass takes minutes on a CPU), written to a registry file and served from it."""
-    from stableserve.core.engines import load_registry
-
-    home = tmp_path_factory.mktemp("e2e-v2-quick")
-    reg = load_registry("demo")
-    body = reg.model_dump(mode="json", exclude={"origin"})
-    body["products"]["upscale-conservative"]["output_pixels"] = 512 * 512
-    (home / "engines.yaml").write_text(yaml.safe_dump(body))
-    engines = str(home / "engines.yaml")
-    with running_server(home, stableserve_home / "demo", engines=engines, executor=executor) as srv:
-        yield srv
+def server(shared_server):
+    """The package's ``shared_server`` (once with each executor): the demo registry as ``make
+    run`` serves it, but for the conservative upscale aiming at 0.25 MP instead of 4 MP (a
+    4 MP x4-upscaler pass takes minutes on a CPU)."""
+    return shared_server
 
 
 def run_sample(server, name: str, cwd: Path, generation_id: str | None = None) -> str:
@@ -123,8 +101,7 @@ SYNC = [
 @pytest.mark.parametrize(
     ("path", "data", "image", "size"), SYNC, ids=[f"{p}:{d.get('mode', '')}" for p, d, *_ in SYNC]
 )
-def test_sync_endpoints_in_both_accept_modes(quick_server, accept, path, data, image, size):
-    server = quick_server
+def test_sync_endpoints_in_both_accept_modes(server, accept, path, data, image, size):
     files = {"image": ("in.png", png(*image), "image/png")} if image else {"none": ""}
     r = requests.post(
         f"{server.host}/v2beta/stable-image/{path}",
@@ -147,8 +124,7 @@ def test_sync_endpoints_in_both_accept_modes(quick_server, accept, path, data, i
     assert Image.open(io.BytesIO(data)).size == size
 
 
-def test_creative_upscale_json_poll_other_org_and_expiry(quick_server):
-    server = quick_server
+def test_creative_upscale_json_poll_other_org_and_expiry(server):
     auth = {"authorization": f"Bearer {server.key}"}
     r = requests.post(
         f"{server.host}/v2beta/stable-image/upscale/creative",

@@ -78,11 +78,17 @@ def test_demo_adapter_has_the_release_format_and_builds_identically(stableserve_
         "model.safetensors",
         "preprocessor_config.json",
     }
+    from diffusers import UNet2DConditionModel
+
+    base = ensure_demo_pipeline(Family.SD1, Path(stableserve_home) / "demo")
+    unet = dict(UNet2DConditionModel.load_config(str(base / "unet")))  # the shapes model's UNet
+    cross, widths = unet["cross_attention_dim"], unet["block_out_channels"]
+    first = widths[list(unet["down_block_types"]).index("CrossAttnDownBlock2D")]
     with safe_open(str(weights), "pt") as f:
         keys = set(f.keys())
-        assert f.get_tensor("image_proj.proj.weight").shape == (4 * 32, 32)  # 4 tokens x cross dim, CLIP dim
-        assert f.get_tensor("ip_adapter.1.to_k_ip.weight").shape == (32, 32)  # down block 1: 32 wide
-        assert f.get_tensor("ip_adapter.13.to_v_ip.weight").shape == (64, 32)  # mid block (last): 64 wide
+        assert f.get_tensor("image_proj.proj.weight").shape == (4 * cross, 32)  # 4 tokens x cross, CLIP dim
+        assert f.get_tensor("ip_adapter.1.to_k_ip.weight").shape == (first, cross)  # first attention level
+        assert f.get_tensor("ip_adapter.13.to_v_ip.weight").shape == (widths[-1], cross)  # mid block (last)
     # 7 cross-attention layers in the demo SD1 UNet -> keys 1, 3, ..., 13, as in the original files.
     assert {k for k in keys if k.startswith("ip_adapter.")} == {
         f"ip_adapter.{n}.{part}.weight" for n in range(1, 14, 2) for part in ("to_k_ip", "to_v_ip")
@@ -93,10 +99,7 @@ def test_demo_adapter_has_the_release_format_and_builds_identically(stableserve_
         "image_proj.norm.weight",
         "image_proj.norm.bias",
     }
-    from diffusers import UNet2DConditionModel
-
-    base = ensure_demo_pipeline(Family.SD1, Path(stableserve_home) / "demo")
-    build_demo_ip_adapter(Family.SD1, tmp_path, dict(UNet2DConditionModel.load_config(str(base / "unet"))))
+    build_demo_ip_adapter(Family.SD1, tmp_path, unet)
     assert (tmp_path / "models" / DEMO_LAYOUT.weight_name).read_bytes() == weights.read_bytes()
     assert (tmp_path / "models/image_encoder/model.safetensors").read_bytes() == (
         encoder / "model.safetensors"

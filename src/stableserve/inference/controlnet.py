@@ -23,6 +23,7 @@ Sources of the ControlNet weights (the kinds of ``EngineSource``):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,9 @@ DEFAULT_CONTROL_STRENGTH = 0.7
 
 DEMO_CONDITIONING_CHANNELS = (16, 16, 32, 32)
 """Widths of the demo ControlNet's conditioning-image encoder (real: 16, 32, 96, 256); four
-levels = three stride-2 convolutions, so it maps pixels to the latent grid (VAE factor 8)."""
+levels = three stride-2 convolutions, so it maps pixels to the latent grid (VAE factor 8). For a
+base pipeline with a larger VAE factor (the shapes model's 16) the last width is repeated, one
+more level per factor of 2 (``demo_conditioning_channels``)."""
 
 DEMO_HINT_GAIN = 3.0
 """Factor on the demo ControlNet's last conditioning-encoder weights (after a variance-keeping
@@ -138,14 +141,25 @@ def demo_controlnet_folder(family: Family, root: Path) -> Path:
     return Path(root).expanduser() / name
 
 
+def demo_conditioning_channels(vae_folder: Path) -> tuple[int, ...]:
+    """Conditioning-encoder widths whose stride-2 convolutions match the VAE saved at
+    ``vae_folder`` (``2 ** (len(block_out_channels) - 1)`` pixels per latent pixel):
+    :data:`DEMO_CONDITIONING_CHANNELS`, plus its last width once per extra factor of 2."""
+    config = json.loads((Path(vae_folder) / "config.json").read_text())
+    levels = len(config["block_out_channels"])
+    extra = max(0, levels - len(DEMO_CONDITIONING_CHANNELS))
+    return DEMO_CONDITIONING_CHANNELS + (DEMO_CONDITIONING_CHANNELS[-1],) * extra
+
+
 def build_demo_controlnet(family: Family, unet_folder: Path, dest: Path) -> None:
     """Build the tiny ControlNet of ``family`` from the UNet saved at ``unet_folder``; save it at ``dest``.
 
     ``ControlNetModel.from_unet`` copies the UNet's encoder (as ControlNet training starts)
     under the family's fixed seed, with a small conditioning encoder
-    (``DEMO_CONDITIONING_CHANNELS``). from_unet zero-initialises the output ("zero")
-    convolutions, which training makes non-zero. Here, from the next seed, the conditioning
-    encoder is re-drawn with He-normal weights (zero biases), its last convolution scaled by
+    (``demo_conditioning_channels`` of the VAE beside ``unet_folder``). from_unet
+    zero-initialises the output ("zero") convolutions, which training makes non-zero. Here,
+    from the next seed, the conditioning encoder is re-drawn with He-normal weights (zero
+    biases), its last convolution scaled by
     ``DEMO_HINT_GAIN``, and the output convolutions get PyTorch's default initialisation, so
     the control image and ``control_strength`` change the result as with trained weights.
     ``dest`` gets ``config.json`` and ``CONTROLNET_WEIGHTS`` (float32); same bytes on every
@@ -162,9 +176,8 @@ def build_demo_controlnet(family: Family, unet_folder: Path, dest: Path) -> None
     unet = UNet2DConditionModel.from_pretrained(str(unet_folder))
     with _isolated_rng():
         torch.manual_seed(_DEMO_SEEDS[family])
-        model = ControlNetModel.from_unet(
-            unet, conditioning_embedding_out_channels=DEMO_CONDITIONING_CHANNELS
-        )
+        channels = demo_conditioning_channels(Path(unet_folder).parent / "vae")
+        model = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
         torch.manual_seed(_DEMO_SEEDS[family] + 1)
         hint = model.controlnet_cond_embedding
         with torch.no_grad():
