@@ -263,7 +263,8 @@ def _state(pipe) -> dict:
 def test_sd1_shapes_and_diffusers_parity(sd1):
     out = enc(sd1, Family.SD1, ("a cat photo", 1.0))
     assert set(out) == {"prompt_embeds", "negative_prompt_embeds"}
-    assert out["prompt_embeds"].shape == out["negative_prompt_embeds"].shape == (1, 77, 32)
+    width = sd1.text_encoder.config.hidden_size  # the shapes model's text encoder (128)
+    assert out["prompt_embeds"].shape == out["negative_prompt_embeds"].shape == (1, 77, width)
     # unweighted prompt: exactly diffusers' own encoding ("" as the negative)
     ref, ref_neg = sd1.encode_prompt("a cat photo", "cpu", 1, True, negative_prompt=None)
     torch.testing.assert_close(out["prompt_embeds"], ref, rtol=0, atol=0)
@@ -323,7 +324,8 @@ def test_unparsable_compel_syntax_is_read_literally(sd1):
     bad = '("a", "b").blend(1)'  # one weight for two prompts: compel refuses it
     assert plain_text(bad).endswith(".blend(1)")
     out = enc(sd1, Family.SD1, (bad, 1.0), ("(" * 60 + "deep" + ")" * 60, -1.0))  # too deep for compel
-    assert out["prompt_embeds"].shape == out["negative_prompt_embeds"].shape == (1, 2 * 77, 32)
+    width = sd1.text_encoder.config.hidden_size
+    assert out["prompt_embeds"].shape == out["negative_prompt_embeds"].shape == (1, 2 * 77, width)
 
 
 def test_upscaler_works_like_sd1(upscaler):
