@@ -182,9 +182,15 @@ def generate(
     except ValueError as exc:
         raise _fail(str(exc).splitlines()[-1] if str(exc) else "invalid request") from None
     if spec.is_demo:
+        from stableserve.inference.demo_shapes import SHAPES_FAMILIES
+
+        what = (
+            "the small shapes model: it draws the coloured shapes a prompt names"
+            if spec.family in SHAPES_FAMILIES
+            else "tiny random weights; images are noise-like"
+        )
         err.print(
-            f"note: {engine} is a demo engine (tiny random weights; images are noise-like). "
-            "Use --engines public for real weights.",
+            f"note: {engine} is a demo engine ({what}). Use --engines public for real weights.",
             highlight=False,
         )
     runner = Runner(registry, settings)
