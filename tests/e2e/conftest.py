@@ -149,6 +149,25 @@ def wait_for_tls(port: int, ca: Path, timeout_s: float = 60) -> None:
             time.sleep(0.3)
 
 
+def grpc_serve_args(home: Path) -> tuple[list[str], int, int, DevCerts]:
+    """``stableserve serve`` arguments for gRPC over TLS (dev certificates written under
+    ``home/certs``, a port ending in 443) and plaintext for the org ``e2e`` (a free port not
+    ending in 443); returns ``(args, tls_port, insecure_port, certs)``."""
+    certs = write_dev_certs(home / "certs")
+    port = port_ending_in_443()
+    insecure_port = free_port()
+    while str(insecure_port).endswith("443"):
+        insecure_port = free_port()
+    args = [
+        "--grpc-port", str(port),
+        "--grpc-tls-cert", str(certs.server),
+        "--grpc-tls-key", str(certs.server_key),
+        "--grpc-insecure-port", str(insecure_port),
+        "--grpc-insecure-org", "e2e",
+    ]  # fmt: skip
+    return args, port, insecure_port, certs
+
+
 @dataclass
 class SharedServer(Server):
     """A ``demo_server``: its ``executor``, gRPC over TLS on ``grpc_port`` (a port ending in
@@ -184,18 +203,7 @@ def demo_server(home: Path, demo_dir: Path, executor: str) -> Iterator[SharedSer
     body = reg.model_dump(mode="json", exclude={"origin"})
     body["products"]["upscale-conservative"]["output_pixels"] = 512 * 512
     (home / "engines.yaml").write_text(yaml.safe_dump(body))
-    certs = write_dev_certs(home / "certs")
-    port = port_ending_in_443()
-    insecure_port = free_port()
-    while str(insecure_port).endswith("443"):
-        insecure_port = free_port()
-    args = [
-        "--grpc-port", str(port),
-        "--grpc-tls-cert", str(certs.server),
-        "--grpc-tls-key", str(certs.server_key),
-        "--grpc-insecure-port", str(insecure_port),
-        "--grpc-insecure-org", "e2e",
-    ]  # fmt: skip
+    args, port, insecure_port, certs = grpc_serve_args(home)
     # Ray: every family of the demo registry may get a replica (11), so an eighth of a CPU
     # each (still one thread) lets them all fit on 2 cores.
     extra_env = {"STABLESERVE_RAY__NUM_CPUS_PER_REPLICA": "0.125"} if executor == "ray" else None

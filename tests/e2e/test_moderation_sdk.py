@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from stableserve.cli_certs import write_dev_certs
-from tests.e2e.conftest import cli, free_port, port_ending_in_443, running_server, wait_for_tls
+from tests.e2e.conftest import cli, grpc_serve_args, running_server, wait_for_tls
 from tests.e2e.sdk_venv import SDK_SPEC, SdkUnavailable, clean_env, ensure_sdk_venv
 
 CONTEXT_SCRIPT = """
@@ -73,15 +72,7 @@ def _run(python: Path, script: str, *args: str, ca: Path) -> str:
 def test_stability_sdk_sees_a_refused_prompt_as_classifier_exception(tmp_path, stableserve_home, sdk):
     home = tmp_path / "home"
     home.mkdir()
-    certs = write_dev_certs(home / "certs")
-    port, insecure = port_ending_in_443(), free_port()
-    args = [
-        "--grpc-port", str(port),
-        "--grpc-tls-cert", str(certs.server),
-        "--grpc-tls-key", str(certs.server_key),
-        "--grpc-insecure-port", str(insecure),
-        "--grpc-insecure-org", "e2e",
-    ]  # fmt: skip
+    args, port, insecure, certs = grpc_serve_args(home)
     env = {"STABLESERVE_MODERATION__WORDS": '["forbiddenword"]'}
     with running_server(home, stableserve_home / "demo", serve_args=args, extra_env=env) as srv:
         wait_for_tls(port, certs.ca)
