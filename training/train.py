@@ -11,7 +11,9 @@ Stages (:mod:`training.stages`): VAE on crops -> latent cache -> UNet + text enc
 ``text_encoder/``, ``tokenizer/``, ``unet/``, ``scheduler/``). Each stage checkpoints every
 ``--checkpoint-minutes``; ``--resume`` continues from the files in the run directory, with the
 hyper-parameters of its ``config.json``. Uses CUDA when available (``--device`` overrides);
-CPU runs use ``--threads`` threads (default 2).
+CPU runs use ``--threads`` threads (default 2), bfloat16 autocast and micro-batches of 32
+(:class:`training.stages.Runtime`; ``--no-bf16``, ``--micro-batch N`` override; 0 = whole
+batches). The run's runtime settings are recorded in ``runtime.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 
 from training import model
 from training.checkpoint import load_state
-from training.stages import Config, encode_latents, train_unet, train_vae, write_config
+from training.stages import Config, Runtime, encode_latents, train_unet, train_vae, write_config
 
 log = logging.getLogger("training")
 
@@ -55,6 +57,8 @@ def export(run: Path, out: Path, *, dtype: torch.dtype = torch.float16) -> Path:
         "latent_seconds": cache["spent"],
         "config": json.loads((run / "config.json").read_text()),
     }
+    if (run / "runtime.json").exists():
+        info["runtime"] = json.loads((run / "runtime.json").read_text())
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return out
 
@@ -68,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="export folder (default <run-dir>/model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument("--micro-batch", type=int, default=None)
     parser.add_argument(
         "--until", choices=("vae", "latents", "unet"), default="unet", help="stop after this stage"
     )
@@ -91,17 +97,33 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
         write_config(run, cfg)
-    device = torch.device(args.device)
-    log.info("run %s on %s: %s", run, device, cfg)
+    rt = Runtime.for_device(args.device)
+    rt = Runtime(
+        rt.device,
+        rt.bf16 if args.bf16 is None else args.bf16,
+        rt.micro_batch if args.micro_batch is None else args.micro_batch,
+    )
+    (run / "runtime.json").write_text(
+        json.dumps(
+            {
+                "device": str(rt.device),
+                "bf16": rt.bf16,
+                "micro_batch": rt.micro_batch,
+                "threads": args.threads,
+            }
+        )
+        + "\n"
+    )
+    log.info("run %s, %s: %s", run, rt, cfg)
     t0 = time.monotonic()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    train_vae(run, cfg, device)
+    train_vae(run, cfg, rt)
     if args.until == "vae":
         return 0
-    encode_latents(run, cfg, device)
+    encode_latents(run, cfg, rt)
     if args.until == "latents":
         return 0
-    train_unet(run, cfg, device)
+    train_unet(run, cfg, rt)
     log.info("exported %s (this invocation %.0f s)", export(run, out), time.monotonic() - t0)
     return 0
 
