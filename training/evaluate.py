@@ -19,7 +19,9 @@ their captions). Every image uses generator seed = its index, so a rerun gives t
   server does (``stableserve.inference.imaging.composite``). Reported: the rate of the new colour
   inside, the largest change (0-255) of any unmasked pixel after compositing (0 = unchanged),
   and, before compositing, the pipeline's mean absolute change of pixels more than 16 px
-  outside the mask (the VAE's round trip).
+  outside the mask (the VAE's round trip). ``--inpaint-model DIR`` uses the inpainting pipeline
+  of that folder instead (a 9-channel UNet from :mod:`training.inpaint`); ``--only inpaint``
+  runs the inpainting check alone.
 """
 
 from __future__ import annotations
@@ -101,6 +103,36 @@ def grid(images: list[Image.Image], captions: list[str], cols: int = 4, cell: in
     return out
 
 
+def _img2img_ssim(i2i, scene: data.Scene, src: Image.Image, generator, args) -> float:
+    """SSIM between ``src`` and image-to-image of it at strength 0.2 with its own caption."""
+    low = i2i(
+        scene.caption,
+        image=src,
+        strength=0.2,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=generator,
+    ).images[0]
+    return ssim(np.asarray(src), np.asarray(low))
+
+
+def _img2img_follows(
+    i2i, scene: data.Scene, src: Image.Image, caption: str, color: str, generator, args
+) -> bool:
+    """Whether image-to-image of ``src`` at strength 0.9 with the recoloured ``caption`` shows
+    ``color`` where the scene's first object is."""
+    high = i2i(
+        caption,
+        image=src,
+        strength=0.9,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        generator=generator,
+    ).images[0]
+    classes = checker.classify_pixels(np.asarray(high))
+    return checker.check_object(classes, scene, scene.objects[0], color).color
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; writes ``metrics.json`` and ``grid.png`` under ``--out``."""
     from diffusers import (
@@ -118,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float, default=7.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--inpaint-model", type=Path, help="a StableDiffusionInpaintPipeline folder (9-channel UNet) to use"
+    )
+    ap.add_argument("--only", choices=("all", "inpaint"), default="all", help="'inpaint': skip the rest")
     args = ap.parse_args(argv)
+    only_inpaint = args.only == "inpaint"
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     pipe = StableDiffusionPipeline.from_pretrained(args.model, dtype=torch.float32).to(args.device)
@@ -126,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     scenes = data.held_out_scenes(args.count)
     gen = lambda i: torch.Generator().manual_seed(i)  # noqa: E731
     t2i, shown, times = [], [], []
-    for i, s in enumerate(scenes):
+    for i, s in enumerate([] if only_inpaint else scenes):
         t = time.perf_counter()
         im = pipe(
             s.caption, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gen(i)
@@ -137,13 +174,20 @@ def main(argv: list[str] | None = None) -> int:
             shown.append(im)
         if (i + 1) % 10 == 0:
             print(f"text-to-image {i + 1}/{len(scenes)} ({np.median(times):.1f} s each)", flush=True)
-    metrics: dict = {
-        "text_to_image": _rates(t2i) | {"count": len(scenes), "median_seconds": float(np.median(times))}
-    }
-    grid(shown, [s.caption for s in scenes[:16]]).save(args.out / "grid.png")
+    metrics: dict = {}
+    if not only_inpaint:
+        metrics["text_to_image"] = _rates(t2i) | {
+            "count": len(scenes),
+            "median_seconds": float(np.median(times)),
+        }
+        grid(shown, [s.caption for s in scenes[:16]]).save(args.out / "grid.png")
 
     i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
-    inp = StableDiffusionInpaintPipeline(**pipe.components)
+    if args.inpaint_model:
+        inp = StableDiffusionInpaintPipeline.from_pretrained(args.inpaint_model, dtype=torch.float32)
+        inp = inp.to(args.device)
+    else:
+        inp = StableDiffusionInpaintPipeline(**pipe.components)
     for p in (i2i, inp):
         p.set_progress_bar_config(disable=True)
     rng = random.Random(0)
@@ -152,26 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         if i % 10 == 0:
             print(f"edits {i}/{args.edit_count}", flush=True)
         src = data.render(s)
-        low = i2i(
-            s.caption,
-            image=src,
-            strength=0.2,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=gen(i),
-        ).images[0]
-        ssims.append(ssim(np.asarray(src), np.asarray(low)))
         caption, color = recolored(s, rng)
-        high = i2i(
-            caption,
-            image=src,
-            strength=0.9,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=gen(i),
-        ).images[0]
-        classes = checker.classify_pixels(np.asarray(high))
-        follow.append(checker.check_object(classes, s, s.objects[0], color).color)
+        if not only_inpaint:
+            ssims.append(_img2img_ssim(i2i, s, src, gen(i), args))
+            follow.append(_img2img_follows(i2i, s, src, caption, color, gen(i), args))
         mask = object_box_mask(s, s.objects[0])
         out = inp(
             caption,
@@ -191,14 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         unmasked = np.asarray(mask) == 0
         changed = np.abs(np.asarray(out, np.int16) - np.asarray(src, np.int16)).max(-1)
         outside.append(int(changed[unmasked].max()))
-    metrics["img2img"] = {
-        "ssim_at_0.2_mean": float(np.mean(ssims)),
-        "ssim_at_0.2_min": float(np.min(ssims)),
-        "ssim_at_0.2_rate_ge_0.8": float(np.mean(np.array(ssims) >= 0.8)),
-        "new_color_at_0.9": float(np.mean(follow)),
-        "count": len(ssims),
-    }
+    if not only_inpaint:
+        metrics["img2img"] = {
+            "ssim_at_0.2_mean": float(np.mean(ssims)),
+            "ssim_at_0.2_min": float(np.min(ssims)),
+            "ssim_at_0.2_rate_ge_0.8": float(np.mean(np.array(ssims) >= 0.8)),
+            "new_color_at_0.9": float(np.mean(follow)),
+            "count": len(ssims),
+        }
     metrics["inpaint"] = {
+        "unet_in_channels": inp.unet.config.in_channels,
         "new_color_inside": float(np.mean(inside)),
         "max_change_unmasked": int(np.max(outside)),
         "pipeline_mean_abs_change_far_outside": float(np.mean(raw_outside)),

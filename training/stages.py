@@ -305,11 +305,20 @@ def make_unet_and_text(cfg: Config, rt: Runtime) -> tuple[torch.nn.Module, torch
 
 
 def unet_step(
-    unet, text, opt, batch: tuple[torch.Tensor, ...], ac: torch.Tensor, cfg: Config, rt: Runtime
+    unet,
+    text,
+    opt,
+    batch: tuple[torch.Tensor, ...],
+    ac: torch.Tensor,
+    cfg: Config,
+    rt: Runtime,
+    cond: torch.Tensor | None = None,
 ) -> tuple[float, float]:
-    """One optimiser step of UNet + text encoder on ``batch = (x0, noise, t, tokens)``
-    (latents ``(B, 4, h, w)``, noise like them, timesteps ``(B,)`` in 0..999, token ids
-    ``(B, 77)``, all on ``rt.device``); ``ac`` = the schedule's ``alphas_cumprod``.
+    """One optimiser step of the UNet (and of the text encoder where ``opt`` holds its
+    parameters) on ``batch = (x0, noise, t, tokens)`` (latents ``(B, 4, h, w)``, noise like
+    them, timesteps ``(B,)`` in 0..999, token ids ``(B, 77)``, all on ``rt.device``); ``ac`` =
+    the schedule's ``alphas_cumprod``. ``cond`` ``(B, C, h, w)``, when given, is concatenated to
+    the noisy latents along the channels (an inpainting UNet's mask and masked-image latents).
 
     Epsilon-prediction MSE with min-SNR weights, averaged over the batch; the gradient is
     accumulated over ``rt.chunks`` (the same gradient as one pass, up to rounding).
@@ -318,6 +327,8 @@ def unet_step(
     x0, noise, t, tokens = batch
     a = ac[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    if cond is not None:
+        xt = torch.cat([xt, cond], dim=1)
     weights = _snr_weights(ac, t, cfg.snr_gamma)
     n = len(t)
     opt.zero_grad(set_to_none=True)
