@@ -117,6 +117,8 @@ def encode_pairs(run: Path, base: Path, cfg: InpaintConfig, rt: Runtime) -> None
         m = torch.stack([p[1] for p in pairs])
         masks.append(torch.nn.functional.interpolate(m, size=z.shape[-2:]).bool())
         captions += [s.caption for s in scenes]
+        if (start // 16) % 32 == 31:
+            log.info("inpaint latents: %d / %d (%.0f s)", start + len(scenes), cfg.scenes, clock.spent)
     log.info("inpaint latents: %d scenes in %.0f s", cfg.scenes, clock.spent)
     save_state(
         run / "inpaint_latents.pt",

@@ -190,18 +190,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[i] = item
 
 
+DEMO_DEFAULT_STEPS = 10
+"""The most denoising steps a ``demo_server`` engine takes by default (the demo engines make
+noise at any step count; prices do not change below an engine's ``reference_steps``)."""
+
+
 @contextlib.contextmanager
 def demo_server(home: Path, demo_dir: Path, executor: str) -> Iterator[SharedServer]:
     """``stableserve serve`` for the suites that run on both executors: the demo registry as
     shipped but for the conservative upscale, which aims at 0.25 MP instead of 4 MP (a 4 MP
-    x4-upscaler pass takes minutes on a CPU), written to a registry file and served from it;
-    gRPC over TLS (dev certificates) and plaintext; an org ``e2e`` with plenty of credits
-    (the suites check balances as differences)."""
+    x4-upscaler pass takes minutes on a CPU), and for the engines' default steps, at most
+    ``DEMO_DEFAULT_STEPS`` (what the suites ask for where they give steps; v2beta requests
+    cannot: 28-30 steps at 1 MP took most of their time), written to a registry file and
+    served from it; gRPC over TLS (dev certificates) and plaintext; an org ``e2e`` with
+    plenty of credits (the suites check balances as differences)."""
     from stableserve.core.engines import load_registry
 
     reg = load_registry("demo")
     body = reg.model_dump(mode="json", exclude={"origin"})
     body["products"]["upscale-conservative"]["output_pixels"] = 512 * 512
+    for engine in body["engines"]:  # requests without steps (v2beta, OpenAI): 10 as elsewhere
+        engine["default_steps"] = min(engine["default_steps"], DEMO_DEFAULT_STEPS)
     (home / "engines.yaml").write_text(yaml.safe_dump(body))
     args, port, insecure_port, certs = grpc_serve_args(home)
     # Ray: every family of the demo registry may get a replica (11), so an eighth of a CPU

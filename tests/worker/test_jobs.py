@@ -125,16 +125,23 @@ def make_request(registry: EngineRegistry) -> Callable[..., tuple[GenerationRequ
 
 @pytest.fixture(scope="module")
 def real(stableserve_home: Path, tmp_path_factory, registry_path: Path):
-    """(client, settings): a started JobClient over one LocalExecutor worker."""
+    """(client, settings): a started JobClient over one LocalExecutor worker.
+
+    The worker (and each restart of it) runs torch on one thread (``OMP_NUM_THREADS``, which
+    spawned workers inherit), as the chaos tests do: these 64 px jobs are tiny operators, and
+    with two threads any other busy process on a two-core machine stalls every parallel region
+    (a 60-step job then took minutes instead of about a second)."""
     settings = new_settings(stableserve_home, tmp_path_factory.mktemp("jobs-db") / "jobs.db", workers=1)
-    client = JobClient(
-        settings,
-        session_factory(settings),
-        LocalExecutor.factory(settings, str(registry_path), stop_grace_s=5.0),
-    )
-    assert client.start_sync() == 0
-    yield client, settings
-    client.stop_sync()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        client = JobClient(
+            settings,
+            session_factory(settings),
+            LocalExecutor.factory(settings, str(registry_path), stop_grace_s=5.0),
+        )
+        assert client.start_sync() == 0
+        yield client, settings
+        client.stop_sync()
 
 
 # -- JobClient over the LocalExecutor --------------------------------------------------------
