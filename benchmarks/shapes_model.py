@@ -2,49 +2,43 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/shapes_model.py [--threads 2] [--repeats 3] [--train-steps 3]
+    .venv/bin/python benchmarks/shapes_model.py [--threads 2] [--repeats 3] [--train-steps 4]
 
 1. Text-to-image, 512x512, 30 steps, guidance 7, batch 1 (issue 11's target: under 10 s on two
    CPU cores), through the stock ``StableDiffusionPipeline`` loading the shipped weights
    (``stableserve/data/shapes``) in float32; the median of ``--repeats`` runs after a warm-up,
    split into denoising (UNet, both guidance branches) and the VAE decode, printed side by side
    with the target as a ratio.
-2. Training cost: ``--train-steps`` timed steps (after one warm-up step) of each training stage's
-   own step function (:mod:`training.stages`) with the hyper-parameters the shipped weights were
-   trained with (``training_info.json``), in plain float32 with whole batches and with the CPU
-   runtime (:class:`training.stages.Runtime`: bfloat16 autocast, micro-batches of 32, classic
-   attention) side by side, extrapolated to the run's step counts, next to the 3-hour budget of a
-   2-core CPU run. The latent cache is timed on 16 scenes (the VAE encoder; rendering runs in a
-   process pool beside it).
+2. Training cost: the training stages themselves (:mod:`training.stages`, the shipped run's
+   settings from ``training_info.json``) run for a few steps in a temporary directory, in plain
+   float32 with whole batches and with the CPU runtime (:class:`training.stages.Runtime`:
+   bfloat16 autocast, micro-batches of 32, classic attention) side by side: seconds per VAE step,
+   per latent-cache scene (rendering included) and per UNet step (its size buckets included),
+   extrapolated to the run's step counts, next to the 3-hour budget of a 2-core CPU run.
+   ``--train-steps N``: N float32 UNet steps and 3N with the CPU runtime (the VAE and latent
+   counts scale with it).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from training.stages import (  # noqa: E402
-    Config,
-    Runtime,
-    make_unet_and_text,
-    to_tensor,
-    unet_step,
-    vae_batch,
-    vae_step,
-)
+from training.checkpoint import load_state  # noqa: E402
+from training.stages import Config, Runtime, encode_latents, train_unet, train_vae  # noqa: E402
 
 from stableserve.inference.demo_shapes import SHAPES_MODEL  # noqa: E402
-from training import data, model  # noqa: E402
 
 TARGET_SECONDS = 10.0
 BUDGET_HOURS = 3.0
@@ -98,41 +92,30 @@ def _timed(fn, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def _stage_seconds(cfg: Config, rt: Runtime, steps: int) -> dict[str, float]:
-    """Seconds per VAE step, per latent-cache scene and per UNet step under ``rt``, timing the
-    training's own step functions (:mod:`training.stages`) on the shipped run's settings."""
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    vae = cfg.make_vae()
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-5)
-    scenes = [data.training_scene(i) for i in range(16)]
-    pool = torch.stack([torch.from_numpy(np.array(data.render(s))).permute(2, 0, 1) for s in scenes])
-    centres = [[(o.cx, o.cy) for o in s.objects] for s in scenes]
-    images = torch.stack([to_tensor(data.render(s)) for s in scenes])
-
-    def latent_batch() -> None:
-        with torch.no_grad(), rt.autocast():
-            vae.encode(images).latent_dist.mean.float()
-
-    unet, text = make_unet_and_text(cfg, rt)
-    uopt = torch.optim.AdamW(list(unet.parameters()) + list(text.parameters()), lr=1e-5)
-    ac = model.scheduler().alphas_cumprod
-    n = cfg.unet_batch
-    tokens = model.tokenizer()(
-        [scenes[i % 16].caption for i in range(n)], padding="max_length", max_length=77, return_tensors="pt"
-    ).input_ids
-    latent = (n, model.LATENT_CHANNELS, 32, 32)
-    batch = (
-        torch.randn(latent, generator=g),
-        torch.randn(latent, generator=g),
-        torch.randint(0, 1000, (n,)),
-        tokens,
+def _stage_seconds(cfg: Config, rt: Runtime, counts: dict[str, int]) -> dict[str, float]:
+    """Seconds per VAE step, per latent-cache scene and per UNet step under ``rt``: the training
+    stages themselves (:mod:`training.stages`) run in a temporary run directory with the shipped
+    run's settings but ``counts`` steps / scenes, their recorded wall time divided by the count
+    (a VAE pool of 16 scenes, so the stage's set-up is negligible)."""
+    short = dataclasses.replace(
+        cfg,
+        vae_steps=counts["vae"],
+        vae_pool=16,
+        num_latents=counts["latents"],
+        unet_steps=counts["unet"],
+        checkpoint_minutes=1e6,
     )
-    return {
-        "vae": _timed(lambda: vae_step(vae, opt, vae_batch(pool, centres, cfg, g), g, cfg, rt), steps),
-        "latents": _timed(latent_batch, 2) / len(scenes),
-        "unet": _timed(lambda: unet_step(unet, text, uopt, batch, ac, cfg, rt), steps),
-    }
+    with tempfile.TemporaryDirectory(prefix="shapes-bench-") as tmp:
+        run = Path(tmp)
+        train_vae(run, short, rt)
+        encode_latents(run, short, rt)
+        train_unet(run, short, rt)
+        spent = {
+            "vae": load_state(run / "vae_final.pt")["spent"],
+            "latents": load_state(run / "latents.pt")["spent"],
+            "unet": load_state(run / "unet_final.pt")["spent"],
+        }
+    return {k: spent[k] / counts[k] for k in spent}
 
 
 def training_cost(steps: int) -> None:
@@ -141,7 +124,8 @@ def training_cost(steps: int) -> None:
     info = json.loads((SHAPES_MODEL / "training_info.json").read_text())
     cfg = Config(**info["config"])
     plain, fast = Runtime(), Runtime.for_device("cpu")
-    a, b = _stage_seconds(cfg, plain, steps), _stage_seconds(cfg, fast, steps)
+    a = _stage_seconds(cfg, plain, {"vae": 4 * steps, "latents": 32 * steps, "unet": steps})
+    b = _stage_seconds(cfg, fast, {"vae": 8 * steps, "latents": 64 * steps, "unet": 3 * steps})
     counts = {"vae": cfg.vae_steps, "latents": cfg.num_latents, "unet": info["unet_steps"]}
     what = {
         "vae": f"VAE step (batch {cfg.vae_batch}, {cfg.vae_crop} px)",
@@ -170,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--train-steps", type=int, default=4)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     generation(args.repeats)
