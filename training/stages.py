@@ -78,8 +78,9 @@ class Runtime:
 
     - ``device``: where the models train;
     - ``bf16``: autocast convolutions and matmuls to bfloat16 (``torch.autocast``), master
-      weights and losses in float32. On these CPUs (AVX512-BF16, oneDNN) it makes the VAE step
-      ~1.6x and the UNet step ~2x faster (``benchmarks/shapes_model.py``);
+      weights and losses in float32. On these CPUs (AVX512-BF16, oneDNN) the VAE step is ~1.5x
+      faster, the latent encoder ~2x, and with the two settings below the UNet step of 128
+      ~4x (``benchmarks/shapes_model.py``);
     - ``micro_batch``: split each UNet batch into chunks of this many samples and accumulate the
       gradients (0 = the whole batch at once). A CPU step over 128 samples costs ~1.9x more per
       sample than over 32 (caches), so CPU runs accumulate 4 x 32 with the same batch of 128.
