@@ -1,8 +1,14 @@
-"""Resumable training state: atomic ``torch.save`` of models, optimiser, EMA and step counter."""
+"""Resumable training state: atomic ``torch.save`` of models, optimiser, EMA and step counter;
+the run directory's set-up shared by the training command lines (``config.json``, ``train.log``)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import json
+import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -72,3 +78,33 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator seeded by ``(seed, step)``: batches depend on the step only, so a resumed
     run draws exactly what an uninterrupted one would."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--field-name`` option per field of the dataclass ``cls``, with its type and default."""
+    for f in dataclasses.fields(cls):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+
+
+def open_run(run: Path, threads: int) -> None:
+    """Create the run directory, log INFO lines to stdout and ``<run>/train.log``, and use
+    ``threads`` CPU threads (``torch.set_num_threads``)."""
+    run.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run / "train.log")],
+    )
+    torch.set_num_threads(threads)
+
+
+def run_config(run: Path, cls: type, args: argparse.Namespace, resume: bool) -> Any:
+    """The run's hyper-parameters (an instance of the dataclass ``cls``): those of
+    ``<run>/config.json`` when ``resume`` and it exists, else the command line's
+    (:func:`add_config_arguments`), which are then written to ``config.json``."""
+    path = run / "config.json"
+    if resume and path.exists():
+        return cls(**json.loads(path.read_text()))
+    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    path.write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    return cfg

@@ -30,8 +30,7 @@ import json
 import logging
 import math
 import random
-import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,16 @@ import torch
 from PIL import Image, ImageDraw
 
 from training import data, model
-from training.checkpoint import Clock, Ema, load_state, save_state, step_generator
+from training.checkpoint import (
+    Clock,
+    Ema,
+    add_config_arguments,
+    load_state,
+    open_run,
+    run_config,
+    save_state,
+    step_generator,
+)
 from training.stages import Config, Runtime, to_tensor, unet_step
 
 log = logging.getLogger("training")
@@ -236,22 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue with the run's config.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2)
-    for f in fields(InpaintConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_arguments(parser, InpaintConfig)
     args = parser.parse_args(argv)
     run: Path = args.run_dir
-    run.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run / "train.log")],
-    )
-    torch.set_num_threads(args.threads)
-    if args.resume and (run / "config.json").exists():
-        cfg = InpaintConfig(**json.loads((run / "config.json").read_text()))
-    else:
-        cfg = InpaintConfig(**{f.name: getattr(args, f.name) for f in fields(InpaintConfig)})
-        (run / "config.json").write_text(json.dumps(cfg.__dict__, indent=2) + "\n")
+    open_run(run, args.threads)
+    cfg = run_config(run, InpaintConfig, args, args.resume)
     rt = Runtime.for_device(args.device)
     log.info("inpaint fine-tune %s from %s, %s: %s", run, args.base, rt, cfg)
     encode_pairs(run, args.base, cfg, rt)

@@ -7,7 +7,6 @@ every random draw depends on ``(seed, step)`` only (:func:`training.checkpoint.s
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -440,8 +439,3 @@ def train_unet(run: Path, cfg: Config, rt: Runtime) -> None:
                 },
             )
     save_state(run / "unet_final.pt", {"ema": ema.shadow, "spent": clock.spent, "steps": step})
-
-
-def write_config(run: Path, cfg: Config) -> None:
-    """Record the run's hyper-parameters (``config.json``)."""
-    (run / "config.json").write_text(json.dumps(cfg.__dict__, indent=2) + "\n")

@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from training import model
-from training.checkpoint import load_state
-from training.stages import Config, Runtime, encode_latents, train_unet, train_vae, write_config
+from training.checkpoint import add_config_arguments, load_state, open_run, run_config
+from training.stages import Config, Runtime, encode_latents, train_unet, train_vae
 
 log = logging.getLogger("training")
 
@@ -77,26 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--until", choices=("vae", "latents", "unet"), default="unet", help="stop after this stage"
     )
-    for f in fields(Config):
-        parser.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    add_config_arguments(parser, Config)
     args = parser.parse_args(argv)
     run: Path = args.run_dir
-    run.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(run / "train.log")],
-    )
-    torch.set_num_threads(args.threads)
+    open_run(run, args.threads)
     out = args.out or run / "model"
     if args.export_only:
         log.info("exported %s", export(run, out))
         return 0
-    if args.resume and (run / "config.json").exists():
-        cfg = Config(**json.loads((run / "config.json").read_text()))
-    else:
-        cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
-        write_config(run, cfg)
+    cfg = run_config(run, Config, args, args.resume)
     rt = Runtime.for_device(args.device)
     rt = Runtime(
         rt.device,
