@@ -13,7 +13,7 @@ Stages (:mod:`training.stages`): VAE on crops -> latent cache -> UNet + text enc
 hyper-parameters of its ``config.json``. Uses CUDA when available (``--device`` overrides);
 CPU runs use ``--threads`` threads (default 2), bfloat16 autocast and micro-batches of 32
 (:class:`training.stages.Runtime`; ``--no-bf16``, ``--micro-batch N`` override; 0 = whole
-batches). The run's runtime settings are recorded in ``runtime.json``.
+batches). ``runtime.json`` records the latest invocation's runtime settings.
 """
 
 from __future__ import annotations
