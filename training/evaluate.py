@@ -103,34 +103,17 @@ def grid(images: list[Image.Image], captions: list[str], cols: int = 4, cell: in
     return out
 
 
-def _img2img_ssim(i2i, scene: data.Scene, src: Image.Image, generator, args) -> float:
-    """SSIM between ``src`` and image-to-image of it at strength 0.2 with its own caption."""
-    low = i2i(
-        scene.caption,
-        image=src,
-        strength=0.2,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        generator=generator,
-    ).images[0]
-    return ssim(np.asarray(src), np.asarray(low))
-
-
-def _img2img_follows(
-    i2i, scene: data.Scene, src: Image.Image, caption: str, color: str, generator, args
-) -> bool:
-    """Whether image-to-image of ``src`` at strength 0.9 with the recoloured ``caption`` shows
-    ``color`` where the scene's first object is."""
-    high = i2i(
+def _img2img(i2i, caption: str, src: Image.Image, strength: float, generator, args) -> np.ndarray:
+    """``(H, W, 3)`` uint8 image-to-image result of ``src`` with ``caption`` at ``strength``."""
+    out = i2i(
         caption,
         image=src,
-        strength=0.9,
+        strength=strength,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         generator=generator,
     ).images[0]
-    classes = checker.classify_pixels(np.asarray(high))
-    return checker.check_object(classes, scene, scene.objects[0], color).color
+    return np.asarray(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         src = data.render(s)
         caption, color = recolored(s, rng)
         if not only_inpaint:
-            ssims.append(_img2img_ssim(i2i, s, src, gen(i), args))
-            follow.append(_img2img_follows(i2i, s, src, caption, color, gen(i), args))
+            ssims.append(ssim(np.asarray(src), _img2img(i2i, s.caption, src, 0.2, gen(i), args)))
+            classes = checker.classify_pixels(_img2img(i2i, caption, src, 0.9, gen(i), args))
+            follow.append(checker.check_object(classes, s, s.objects[0], color).color)
         mask = object_box_mask(s, s.objects[0])
         out = inp(
             caption,
